@@ -1,0 +1,47 @@
+# peerpull: `make demo` runs the main job, `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := containerd docker-registry skopeo
+
+.PHONY: install system-deps demo test unit lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian packages the daemon's tests and demo run against (needs root).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: system-deps install
+	$(PY) -m tests.support.demo
+
+test: system-deps install
+	$(PY) -m pytest -q
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check daemon tests bench
+	$(VENV)/bin/ruff format --check daemon tests bench
+	$(VENV)/bin/mypy daemon
+
+bench: system-deps install
+	$(PY) -m bench.local
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+include Makefile.proto

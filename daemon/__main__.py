@@ -1,0 +1,7 @@
+"""`python -m daemon` runs the peerpull CLI."""
+
+from __future__ import annotations
+
+from daemon.cli import main
+
+raise SystemExit(main())

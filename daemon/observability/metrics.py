@@ -1,0 +1,58 @@
+"""Every Prometheus metric of the daemon, in one place.
+
+Labels are bounded: no digests, no peer ids, and registry names taken from
+requests pass through `registry_label`, which caps how many are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Histogram
+
+REGISTRY_LABELS_MAX = 64
+
+MIRROR_REQUESTS = Counter(
+    "peerpull_mirror_requests_total",
+    "Manifest and blob requests: registry, hit or miss, where looked up.",
+    ["registry", "cache", "source"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "peerpull_http_request_duration_seconds",
+    "Time to answer a registry API request, body included.",
+    ["handler", "method", "code"],
+    buckets=(
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+        60,
+    ),
+)
+
+_registries_seen: set[str] = set()
+_registries_lock = threading.Lock()
+
+
+def registry_label(registry: str | None) -> str:
+    """A bounded label for a registry: the name, `none`, or `other` past the cap."""
+    if not registry:
+        return "none"
+    with _registries_lock:
+        if registry in _registries_seen:
+            return registry
+        if len(_registries_seen) < REGISTRY_LABELS_MAX:
+            _registries_seen.add(registry)
+            return registry
+    return "other"

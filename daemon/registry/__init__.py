@@ -1,0 +1,1 @@
+"""The pull-only OCI Distribution API that the local containerd talks to."""

@@ -1,0 +1,1 @@
+"""State tracker: what the node's containerd holds, over its gRPC API."""

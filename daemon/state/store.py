@@ -1,0 +1,186 @@
+"""The ContentStore seam and its containerd implementation.
+
+A store answers three questions: how big is a blob, give me its bytes, and
+which descriptor does an image name point at. Blob bytes come straight from
+the files under containerd's content root when that is readable (about 25x
+faster than gRPC and open to `sendfile`), else through gRPC `Content.Read`.
+A blob whose file exists is servable even before containerd's metadata
+catches up (a few ms after the rename).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from daemon.state.containerd import ContainerdClient, ContainerdNotFound, Descriptor
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+
+
+class Blob(Protocol):
+    """An open blob: a fixed size and a way to stream any part of it."""
+
+    digest: str
+    size: int
+
+    def fileno(self) -> int | None:
+        """A file descriptor for zero-copy sends, or None."""
+
+    def chunks(
+        self, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream `length` bytes (the rest by default) from `offset`."""
+
+    async def close(self) -> None:
+        """Release the blob; idempotent."""
+
+
+class ContentStore(Protocol):
+    """Local content: blob sizes, blob bytes and image names."""
+
+    async def size(self, digest: str) -> int | None:
+        """The blob's size in bytes, or None when it is not held."""
+
+    async def open(self, digest: str) -> Blob | None:
+        """Open a blob for reading, or None when it is not held."""
+
+    async def resolve(self, name: str) -> Descriptor | None:
+        """The target of image `registry/repo:tag`, or None."""
+
+
+async def read_small(store: ContentStore, digest: str, limit: int) -> bytes | None:
+    """Read a whole blob of at most `limit` bytes; None if absent or larger."""
+    blob = await store.open(digest)
+    if blob is None:
+        return None
+    try:
+        if blob.size > limit:
+            return None
+        return b"".join([chunk async for chunk in blob.chunks()])
+    finally:
+        await blob.close()
+
+
+class FileBlob:
+    """A blob read from its file in the content root."""
+
+    def __init__(self, digest: str, fd: int, size: int) -> None:
+        self.digest = digest
+        self.size = size
+        self._fd: int | None = fd
+
+    def fileno(self) -> int | None:
+        return self._fd
+
+    async def chunks(
+        self, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        remaining = self.size - offset if length is None else length
+        position = offset
+        while remaining > 0 and self._fd is not None:
+            data = await asyncio.to_thread(
+                os.pread, self._fd, min(CHUNK_BYTES, remaining), position
+            )
+            if not data:
+                raise OSError(f"blob {self.digest} ended early at byte {position}")
+            position += len(data)
+            remaining -= len(data)
+            yield data
+
+    async def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class GrpcBlob:
+    """A blob read through containerd's `Content.Read`."""
+
+    def __init__(self, client: ContainerdClient, digest: str, size: int) -> None:
+        self.digest = digest
+        self.size = size
+        self._client = client
+
+    def fileno(self) -> int | None:
+        return None
+
+    async def chunks(
+        self, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        wanted = self.size - offset if length is None else length
+        if wanted <= 0:
+            return
+        async for data in self._client.read_content(self.digest, offset, wanted):
+            yield data
+
+    async def close(self) -> None:
+        return None
+
+
+class ContainerdStore:
+    """The node's containerd as a ContentStore."""
+
+    def __init__(self, client: ContainerdClient, content_path: Path | None) -> None:
+        self._client = client
+        self._content_path = content_path
+
+    @staticmethod
+    def readable(content_path: Path) -> bool:
+        """Tell whether blob files under `content_path` can be read directly."""
+        blobs = content_path / "blobs" / "sha256"
+        return os.access(blobs, os.R_OK | os.X_OK)
+
+    @property
+    def direct(self) -> bool:
+        """True when blobs are read from files, False when over gRPC."""
+        return self._content_path is not None
+
+    def _path(self, digest: str) -> Path:
+        assert self._content_path is not None
+        algorithm, _, encoded = digest.partition(":")
+        return self._content_path / "blobs" / algorithm / encoded
+
+    def _open_file(self, digest: str) -> FileBlob | None:
+        try:
+            fd = os.open(self._path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as err:
+            log.debug("blob open failed", extra={"digest": digest, "error": str(err)})
+            return None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            return None
+        return FileBlob(digest, fd, info.st_size)
+
+    async def size(self, digest: str) -> int | None:
+        if self._content_path is not None:
+            try:
+                info = os.stat(self._path(digest), follow_symlinks=False)
+            except OSError:
+                return None
+            return info.st_size if stat.S_ISREG(info.st_mode) else None
+        content = await self._client.content_info(digest)
+        return None if content is None else content.size
+
+    async def open(self, digest: str) -> Blob | None:
+        if self._content_path is not None:
+            return self._open_file(digest)
+        try:
+            content = await self._client.content_info(digest)
+        except ContainerdNotFound:
+            return None
+        return None if content is None else GrpcBlob(self._client, digest, content.size)
+
+    async def resolve(self, name: str) -> Descriptor | None:
+        image = await self._client.get_image(name)
+        return None if image is None else image.target
