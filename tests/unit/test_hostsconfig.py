@@ -8,6 +8,7 @@ import shutil
 import stat
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def snapshot(root: Path) -> Snapshot:
     return tree
 
 
-def write_tree(root: Path, files: dict[str, bytes | str], mode: int = 0o644) -> None:
+def write_tree(root: Path, files: Mapping[str, bytes | str], mode: int = 0o644) -> None:
     """Create files (parents included) under root; str content is UTF-8 text."""
     for relative, content in files.items():
         path = root / relative
@@ -166,7 +167,7 @@ def toml_value(value: Any) -> str:
     return "[" + ", ".join(toml_value(item) for item in value) + "]"
 
 
-texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+texts = st.text(st.characters(codec="utf-8"), max_size=12)
 scalars = st.one_of(
     st.booleans(), st.integers(-(2**63), 2**63 - 1), texts, st.lists(texts, max_size=3)
 )
