@@ -51,6 +51,7 @@ def error_response(
         status=status or STATUS_BY_CODE[code],
         body=None if head else body,
         content_type="application/json",
+        charset="utf-8",
         headers=headers,
     )
     if head:

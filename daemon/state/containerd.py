@@ -21,9 +21,8 @@ from typing import Any, TypeAlias
 
 import grpc
 
-# protobuf ships no type information and the project has no types-protobuf.
-from google.protobuf import empty_pb2  # type: ignore[import-untyped]
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
 
 from daemon.state.proto import (
     content_events_pb2,
@@ -421,7 +420,7 @@ class ContainerdClient:
 
         if code == grpc.StatusCode.UNAVAILABLE:
             message = f"containerd on {self._socket} is not answering"
-            return ContainerdUnavailable(f"{message}: {_one_line(exc.details())}")
+            return ContainerdUnavailable(f"{message}: {_last_reason(exc.details())}")
 
         details = _one_line(exc.details())
         return ContainerdError(f"containerd {what}: {code.name}: {details}")
@@ -440,3 +439,8 @@ class ContainerdClient:
 def _one_line(text: str | None) -> str:
     """Collapse grpc's multi-line details into one line."""
     return " ".join((text or "").split())
+
+
+def _last_reason(text: str | None) -> str:
+    """The innermost reason of grpc's nested `a: b: reason` details."""
+    return _one_line(text).rsplit(": ", 1)[-1] or "no details"

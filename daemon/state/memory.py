@@ -19,7 +19,9 @@ class MemoryBlob:
     def fileno(self) -> int | None:
         return None
 
-    async def chunks(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+    async def chunks(
+        self, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
         end = self.size if length is None else offset + length
         for start in range(offset, end, 65536):
             yield self._content[start : min(start + 65536, end)]

@@ -27,6 +27,7 @@ from daemon.state.containerd import (
     Image,
     ImageCreated,
     ImageDeleted,
+    ImageUpdated,
 )
 from tests.support.containerd import ContainerdProcess
 
@@ -112,13 +113,17 @@ def oci_archive(name: str, payload: bytes) -> tuple[bytes, dict[str, Descriptor]
 
 
 def import_image(
-    containerd: ContainerdProcess, tmp_path: Path, name: str
+    containerd: ContainerdProcess,
+    tmp_path: Path,
+    name: str,
+    namespace: str | None = None,
 ) -> dict[str, Descriptor]:
     """Import a fresh tiny image named `name`; return its blobs' descriptors."""
     archive, descriptors = oci_archive(name, os.urandom(64))
-    path = tmp_path / f"{hashlib.sha256(name.encode()).hexdigest()[:12]}.tar"
+    path = tmp_path / f"{descriptors['manifest'].digest[7:19]}.tar"
     path.write_bytes(archive)
-    containerd.ctr("images", "import", "--no-unpack", "--all-platforms", str(path))
+    args = ("images", "import", "--no-unpack", "--all-platforms", str(path))
+    containerd.ctr(*args, namespace=namespace)
     return descriptors
 
 
@@ -249,23 +254,29 @@ async def test_subscribe_sees_image_and_blob_events_of_its_namespace(
     collector = asyncio.create_task(collect())
     try:
         await wait_until_subscribed(containerd, events)
-        other = ContainerdProcess(containerd.base_dir, namespace="elsewhere")
         name = "example.test/peerpull/events:v1"
 
-        await asyncio.to_thread(import_image, other, tmp_path, "example.test/x:v1")
-        blobs = await asyncio.to_thread(import_image, containerd, tmp_path, name)
+        elsewhere = "example.test/peerpull/elsewhere:v1"
+        await asyncio.to_thread(
+            import_image, containerd, tmp_path, elsewhere, namespace="elsewhere"
+        )
+        await asyncio.to_thread(import_image, containerd, tmp_path, name)
         created = await next_event(events)
-        await asyncio.to_thread(containerd.ctr, "images", "rm", name)
-        deleted = await next_event(events)
+        blobs = await asyncio.to_thread(import_image, containerd, tmp_path, name)
+        updated = await next_event(events)
+        # content first: removing the image lets GC take its blobs silently
         layer = blobs["layer"].digest
         await asyncio.to_thread(containerd.ctr, "content", "rm", layer)
         blob_deleted = await next_event(events)
+        await asyncio.to_thread(containerd.ctr, "images", "rm", name)
+        deleted = await next_event(events)
     finally:
         collector.cancel()
         with pytest.raises(asyncio.CancelledError):
             await collector
 
     assert created == ImageCreated(name)
+    assert updated == ImageUpdated(name)
     assert deleted == ImageDeleted(name)
     assert blob_deleted == BlobDeleted(layer)
 

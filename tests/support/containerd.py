@@ -121,9 +121,12 @@ class ContainerdProcess:
         """The daemon's process id while it runs."""
         return self._process.pid if self.running and self._process else None
 
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ctr(
+        self, *args: str, check: bool = True, namespace: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run `ctr -a SOCKET -n NAMESPACE ARGS...` and return its output."""
-        command = ["ctr", "-a", str(self.socket), "-n", self.namespace, *args]
+        command = ["ctr", "-a", str(self.socket), "-n", namespace or self.namespace]
+        command += args
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=300, check=False
         )

@@ -1,0 +1,114 @@
+"""Run `peerpull registry` as a real subprocess for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support.upstream import free_port
+
+
+class PeerpullProcess:
+    """One `peerpull registry` daemon on `host`, talking to one containerd."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        containerd_socket: Path,
+        content_path: Path,
+        host: str = "127.0.0.1",
+        extra_args: tuple[str, ...] = (),
+        namespace: str = "k8s.io",
+    ) -> None:
+        self.base_dir = base_dir
+        self.host = host
+        self.port = free_port(host)
+        self.metrics_port = free_port(host)
+        self.log_path = base_dir / "peerpull.log"
+        self._args = [
+            "registry",
+            f"--registry-addr={host}:{self.port}",
+            f"--metrics-addr={host}:{self.metrics_port}",
+            f"--router-addr={host}:0",
+            f"--transport-addr={host}:0",
+            f"--containerd-sock={containerd_socket}",
+            f"--containerd-namespace={namespace}",
+            f"--containerd-content-path={content_path}",
+            f"--data-dir={base_dir / 'data'}",
+            "--log-level=DEBUG",
+            *extra_args,
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 20) -> None:
+        """Start the daemon and wait until `/readyz` answers 200."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "daemon", *self._args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"peerpull exited early:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"peerpull not ready in {timeout_s}s:\n{self.log_text()}")
+
+    def stop(self, timeout_s: float = 15) -> int | None:
+        """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                return process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+                raise
+        return process.returncode
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def metrics(self) -> str:
+        url = f"http://{self.host}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.read().decode()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
