@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
-
 from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError
 
