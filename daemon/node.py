@@ -121,12 +121,18 @@ async def serve(config: RegistryConfig) -> None:
     )
 
     # content store
-    direct = ContainerdStore.readable(config.containerd_content_path)
-    store = ContainerdStore(client, config.containerd_content_path if direct else None)
+    try:
+        files, reason = await ContainerdStore.usable_content_path(
+            client, config.containerd_content_path
+        )
+    except ContainerdError as err:
+        raise StartupFailed(str(err)) from err
+    store = ContainerdStore(client, files)
     log.info(
         "content store",
         extra={
-            "reads": "file" if direct else "grpc",
+            "reads": "file" if files else "grpc",
+            "reason": reason,
             "path": str(config.containerd_content_path),
         },
     )

@@ -41,19 +41,16 @@ def error_response(
     *,
     status: int | None = None,
     headers: dict[str, str] | None = None,
-    head: bool = False,
 ) -> web.Response:
-    """Build a JSON OCI error response; HEAD gets the headers and no body."""
+    """Build a JSON OCI error response (aiohttp drops the body for HEAD)."""
     body = json.dumps(
         {"errors": [{"code": code, "message": MESSAGE_BY_CODE[code], "detail": detail}]}
     ).encode()
     response = web.Response(
         status=status or STATUS_BY_CODE[code],
-        body=None if head else body,
+        body=body,
         content_type="application/json",
         charset="utf-8",
         headers=headers,
     )
-    if head:
-        response.content_length = len(body)
     return response

@@ -112,7 +112,6 @@ class RegistryApi:
         return web.Response(status=503, text="not ready\n")
 
     async def v2(self, request: web.Request) -> web.StreamResponse:
-        head = request.method == "HEAD"
         if request.method not in ("GET", "HEAD"):
             return error_response(
                 "UNSUPPORTED",
@@ -124,11 +123,9 @@ class RegistryApi:
         try:
             parsed = parse_request(request)
         except ReferenceError as err:
-            return error_response(err.code, str(err), head=head)
+            return error_response(err.code, str(err))
         if parsed is None:
-            return error_response(
-                "UNSUPPORTED", "not a pull endpoint", status=404, head=head
-            )
+            return error_response("UNSUPPORTED", "not a pull endpoint", status=404)
         if parsed.kind == "manifests":
             return await self._manifest(parsed)
         return await self._blob(request, parsed)
@@ -152,9 +149,7 @@ class RegistryApi:
         found = await self._find_manifest(ref) if self._served(ref) else None
         self._count(ref, found is not None)
         if found is None:
-            return error_response(
-                "MANIFEST_UNKNOWN", {"ref": _ref_text(ref)}, head=req.head
-            )
+            return error_response("MANIFEST_UNKNOWN", {"ref": _ref_text(ref)})
         digest, media_type, content = found
         return web.Response(
             body=content,
@@ -191,7 +186,7 @@ class RegistryApi:
         blob = await self._store.open(ref.digest) if self._served(ref) else None
         self._count(ref, blob is not None)
         if blob is None:
-            return error_response("BLOB_UNKNOWN", {"digest": ref.digest}, head=req.head)
+            return error_response("BLOB_UNKNOWN", {"digest": ref.digest})
         try:
             try:
                 byte_range = parse_range(request.headers.get("Range"), blob.size)
@@ -200,7 +195,6 @@ class RegistryApi:
                     "RANGE_INVALID",
                     str(err),
                     headers={"Content-Range": f"bytes */{blob.size}"},
-                    head=req.head,
                 )
             return await send_blob(request, blob, byte_range, head=req.head)
         finally:
@@ -223,10 +217,10 @@ async def _observe(
 ) -> web.StreamResponse:
     """Time each request into the HTTP histogram; log it at DEBUG."""
     started = time.perf_counter()
-    code = 500
+    code, sent = 500, None
     try:
         response = await handler(request)
-        code = response.status
+        code, sent = response.status, response.content_length
         return response
     except web.HTTPException as err:
         code = err.status
@@ -245,6 +239,7 @@ async def _observe(
                     "method": request.method[:16],
                     "path": request.path[:512],
                     "status": code,
+                    "bytes": sent,
                     "seconds": round(elapsed, 6),
                 },
             )

@@ -133,10 +133,25 @@ class ContainerdStore:
         self._content_path = content_path
 
     @staticmethod
-    def readable(content_path: Path) -> bool:
-        """Tell whether blob files under `content_path` can be read directly."""
-        blobs = content_path / "blobs" / "sha256"
-        return os.access(blobs, os.R_OK | os.X_OK)
+    async def usable_content_path(
+        client: ContainerdClient, content_path: Path
+    ) -> tuple[Path | None, str]:
+        """`content_path` if blob files can be read there, else None; and why.
+
+        containerd creates `blobs/sha256` with its first blob, so only the
+        root must exist now; when containerd already holds blobs, one of
+        them must be found as a file, which catches a path that is readable
+        but not this containerd's.
+        """
+        if not content_path.is_dir() or not os.access(content_path, os.R_OK | os.X_OK):
+            return None, "content path not readable"
+        held = await client.list_content()
+        if (
+            held
+            and not (content_path / "blobs" / "sha256" / held[0].digest[7:]).exists()
+        ):
+            return None, "content path does not hold containerd's blobs"
+        return content_path, "content path readable"
 
     @property
     def direct(self) -> bool:

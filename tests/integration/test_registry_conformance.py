@@ -125,8 +125,7 @@ def scene(
         yield Scene(upstream, peerpull, images)
     finally:
         assert peerpull.stop() == 0, peerpull.log_text()
-    if request.param == "grpc":
-        assert '"reads": "grpc"' in peerpull.log_text()
+    assert f'"reads": "{request.param}"' in peerpull.log_text()
 
 
 def assert_same(theirs: Reply, ours: Reply, what: str) -> None:

@@ -245,3 +245,21 @@ def test_docker_hub_names_are_normalised() -> None:
     assert parse_registry("registry-1.docker.io") == "docker.io"
     assert normalise_name("docker.io", "nginx") == "library/nginx"
     assert normalise_name("quay.io", "nginx") == "nginx"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/team/app/manifests/nosuchtag?ns=x.io",
+        "/v2/team/app/blobs/sha256:" + "0" * 64,
+        "/v2/team/app/blobs/sha256:bad",
+    ],
+)
+async def test_head_errors_have_get_headers_and_no_body(node: Node, path: str) -> None:
+    async with node.request("GET", path) as get:
+        body = await get.read()
+    async with node.request("HEAD", path) as head:
+        assert head.status == get.status
+        assert head.headers["Content-Type"] == get.headers["Content-Type"]
+        assert head.headers["Content-Length"] == str(len(body))
+        assert await head.read() == b""
