@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side measurements on real components, reported as ratios."""
