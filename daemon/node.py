@@ -25,6 +25,9 @@ from daemon.values import Address
 log = logging.getLogger(__name__)
 
 CONTAINERD_CONNECT_TIMEOUT_S = 5.0
+# A local containerd answers in about a millisecond; a stalled one must not
+# stall containerd's own pulls behind it (containerd has no response timeout).
+CONTAINERD_CALL_TIMEOUT_S = 2.0
 READY_CHECK_TIMEOUT_S = 1.0
 READY_CACHE_S = 1.0
 # Idle and half-sent connections are closed after this; bounds slow clients.
@@ -111,7 +114,11 @@ async def serve(config: RegistryConfig) -> None:
     raise_open_file_limit()
 
     # containerd
-    client = ContainerdClient(str(config.containerd_sock), config.containerd_namespace)
+    client = ContainerdClient(
+        str(config.containerd_sock),
+        config.containerd_namespace,
+        call_timeout_s=CONTAINERD_CALL_TIMEOUT_S,
+    )
     try:
         version = await client.connect(timeout_s=CONTAINERD_CONNECT_TIMEOUT_S)
     except ContainerdError as err:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
 from daemon.registry.ranges import ByteRange
-from daemon.state.store import Blob
+from daemon.state.store import Blob, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def blob_headers(blob: Blob, byte_range: ByteRange | None) -> dict[str, str]:
@@ -42,13 +45,41 @@ async def send_blob(
         await response.write_eof()
         return response
 
+    try:
+        sent = await _send_body(request, response, blob, offset, count)
+    except (OSError, StoreUnavailable) as err:
+        sent, reason = -1, str(err)
+    else:
+        reason = "blob shorter than announced"
+    if sent != count:
+        # Headers are out: the only honest signal left is a cut connection,
+        # which the client sees as a body shorter than Content-Length.
+        log.warning(
+            "blob stream broken", extra={"digest": blob.digest, "error": reason}
+        )
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _send_body(
+    request: web.Request,
+    response: web.StreamResponse,
+    blob: Blob,
+    offset: int,
+    count: int,
+) -> int:
+    """Send `count` bytes from `offset`; returns how many were sent."""
     fd = blob.fileno()
     transport = request.transport
     if fd is not None and transport is not None and transport.get_extra_info("socket"):
         with open(fd, "rb", buffering=0, closefd=False) as file:
-            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
-    else:
-        async for chunk in blob.chunks(offset, count):
-            await response.write(chunk)
-    await response.write_eof()
-    return response
+            loop = asyncio.get_running_loop()
+            return await loop.sendfile(transport, file, offset, count)
+    sent = 0
+    async for chunk in blob.chunks(offset, count):
+        await response.write(chunk)
+        sent += len(chunk)
+    return sent

@@ -36,7 +36,7 @@ from daemon.registry.reference import (
     parse_tag,
 )
 from daemon.registry.sendfile import send_blob
-from daemon.state.store import ContentStore, read_small
+from daemon.state.store import ContentStore, StoreUnavailable, read_small
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,11 @@ class RegistryApi:
 
     async def _manifest(self, req: Request) -> web.StreamResponse:
         ref = req.ref
-        found = await self._find_manifest(ref) if self._served(ref) else None
+        try:
+            found = await self._find_manifest(ref) if self._served(ref) else None
+        except StoreUnavailable as err:
+            log.warning("store unavailable", extra={"error": str(err)})
+            found = None
         self._count(ref, found is not None)
         if found is None:
             return error_response("MANIFEST_UNKNOWN", {"ref": _ref_text(ref)})
@@ -183,7 +187,11 @@ class RegistryApi:
     async def _blob(self, request: web.Request, req: Request) -> web.StreamResponse:
         ref = req.ref
         assert ref.digest is not None
-        blob = await self._store.open(ref.digest) if self._served(ref) else None
+        try:
+            blob = await self._store.open(ref.digest) if self._served(ref) else None
+        except StoreUnavailable as err:
+            log.warning("store unavailable", extra={"error": str(err)})
+            blob = None
         self._count(ref, blob is not None)
         if blob is None:
             return error_response("BLOB_UNKNOWN", {"digest": ref.digest})
@@ -237,7 +245,7 @@ async def _observe(
                 "request",
                 extra={
                     "method": request.method[:16],
-                    "path": request.path[:512],
+                    "path": request.path_qs[:512],
                     "status": code,
                     "bytes": sent,
                     "seconds": round(elapsed, 6),

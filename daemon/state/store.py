@@ -18,11 +18,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
-from daemon.state.containerd import ContainerdClient, ContainerdNotFound, Descriptor
+from daemon.state.containerd import (
+    ContainerdClient,
+    ContainerdError,
+    ContainerdNotFound,
+    Descriptor,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+
+
+class StoreUnavailable(Exception):
+    """The store cannot answer now (containerd down or stalled); not a miss."""
 
 
 class Blob(Protocol):
@@ -118,8 +127,11 @@ class GrpcBlob:
         wanted = self.size - offset if length is None else length
         if wanted <= 0:
             return
-        async for data in self._client.read_content(self.digest, offset, wanted):
-            yield data
+        try:
+            async for data in self._client.read_content(self.digest, offset, wanted):
+                yield data
+        except ContainerdError as err:
+            raise StoreUnavailable(str(err)) from err
 
     async def close(self) -> None:
         return None
@@ -184,7 +196,10 @@ class ContainerdStore:
             except OSError:
                 return None
             return info.st_size if stat.S_ISREG(info.st_mode) else None
-        content = await self._client.content_info(digest)
+        try:
+            content = await self._client.content_info(digest)
+        except ContainerdError as err:
+            raise StoreUnavailable(str(err)) from err
         return None if content is None else content.size
 
     async def open(self, digest: str) -> Blob | None:
@@ -194,8 +209,13 @@ class ContainerdStore:
             content = await self._client.content_info(digest)
         except ContainerdNotFound:
             return None
+        except ContainerdError as err:
+            raise StoreUnavailable(str(err)) from err
         return None if content is None else GrpcBlob(self._client, digest, content.size)
 
     async def resolve(self, name: str) -> Descriptor | None:
-        image = await self._client.get_image(name)
+        try:
+            image = await self._client.get_image(name)
+        except ContainerdError as err:
+            raise StoreUnavailable(str(err)) from err
         return None if image is None else image.target

@@ -153,7 +153,9 @@ class _LayoutWriter:
         """Return seeded bytes when a seed was given, else os.urandom."""
         if self.random is None:
             return os.urandom(size)
-        return self.random.randbytes(size)
+        piece = 64 << 20  # randbytes cannot make a GiB in one call
+        rng = self.random
+        return b"".join(rng.randbytes(min(piece, size - i)) for i in range(0, size, piece))
 
     def blob(self, data: bytes, media_type: str) -> Blob:
         """Write data under its sha256 name and describe it."""
