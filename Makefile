@@ -45,3 +45,4 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 include Makefile.proto
+PROTO_PYTHON := $(PY)

@@ -5,7 +5,7 @@ import warnings
 
 from daemon.state.proto import content_pb2 as daemon_dot_state_dot_proto_dot_content__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ContentStub:
+class ContentStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -51,7 +51,7 @@ class ContentStub:
                 _registered_method=True)
 
 
-class ContentServicer:
+class ContentServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Info(self, request, context):
@@ -98,7 +98,7 @@ def add_ContentServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Content:
+class Content(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

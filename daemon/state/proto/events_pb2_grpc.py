@@ -5,7 +5,7 @@ import warnings
 
 from daemon.state.proto import events_pb2 as daemon_dot_state_dot_proto_dot_events__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EventsStub:
+class EventsStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -41,7 +41,7 @@ class EventsStub:
                 _registered_method=True)
 
 
-class EventsServicer:
+class EventsServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Subscribe(self, request, context):
@@ -66,7 +66,7 @@ def add_EventsServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Events:
+class Events(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -5,7 +5,7 @@ import warnings
 
 from daemon.state.proto import images_pb2 as daemon_dot_state_dot_proto_dot_images__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ImagesStub:
+class ImagesStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class ImagesStub:
                 _registered_method=True)
 
 
-class ImagesServicer:
+class ImagesServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Get(self, request, context):
@@ -82,7 +82,7 @@ def add_ImagesServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Images:
+class Images(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -5,7 +5,7 @@ import warnings
 
 from daemon.state.proto import introspection_pb2 as daemon_dot_state_dot_proto_dot_introspection__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class IntrospectionStub:
+class IntrospectionStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -41,7 +41,7 @@ class IntrospectionStub:
                 _registered_method=True)
 
 
-class IntrospectionServicer:
+class IntrospectionServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Plugins(self, request, context):
@@ -66,7 +66,7 @@ def add_IntrospectionServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Introspection:
+class Introspection(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

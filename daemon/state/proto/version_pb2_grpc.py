@@ -6,7 +6,7 @@ import warnings
 from daemon.state.proto import version_pb2 as daemon_dot_state_dot_proto_dot_version__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class VersionStub:
+class VersionStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -42,7 +42,7 @@ class VersionStub:
                 _registered_method=True)
 
 
-class VersionServicer:
+class VersionServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Version(self, request, context):
@@ -67,7 +67,7 @@ def add_VersionServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Version:
+class Version(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
