@@ -1,0 +1,1 @@
+"""Routing: which nodes hold a key, over a libp2p Kademlia DHT."""
