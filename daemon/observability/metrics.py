@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REGISTRY_LABELS_MAX = 64
 
@@ -39,6 +39,27 @@ HTTP_REQUEST_DURATION = Histogram(
         30,
         60,
     ),
+)
+
+ADVERTISED_KEYS = Gauge(
+    "peerpull_advertised_keys",
+    "Keys this node advertises: blob and manifest digests, and tag keys.",
+    ["kind"],
+)
+ADVERTISED_IMAGES = Gauge(
+    "peerpull_advertised_images",
+    "Images whose content this node advertises, by registry.",
+    ["registry"],
+)
+ROUTER_PEERS = Gauge(
+    "peerpull_router_peers",
+    "Peers in this node's DHT routing table.",
+)
+RESOLVE_DURATION = Histogram(
+    "peerpull_resolve_duration_seconds",
+    "Time to resolve a key to its first peer, or to give up.",
+    ["router"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
 _registries_seen: set[str] = set()
