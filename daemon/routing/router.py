@@ -41,6 +41,7 @@ class MemoryNetwork:
 
     def __init__(self) -> None:
         self.holders: defaultdict[str, dict[str, Peer]] = defaultdict(dict)
+        self.members: set[str] = set()
 
 
 class MemoryRouter:
@@ -50,6 +51,7 @@ class MemoryRouter:
         self._network = network
         self._me = me
         self.advertised: set[str] = set()
+        network.members.add(me.peer_id)
 
     async def advertise(self, keys: Collection[str]) -> None:
         for key in keys:
@@ -71,8 +73,4 @@ class MemoryRouter:
             yield peer
 
     async def ready(self) -> bool:
-        return any(
-            peer_id != self._me.peer_id
-            for holders in self._network.holders.values()
-            for peer_id in holders
-        )
+        return bool(self._network.members - {self._me.peer_id})
