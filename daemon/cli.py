@@ -8,6 +8,7 @@ line naming the flag and exits 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import sys
@@ -107,6 +108,13 @@ def _each(parse: Callable[[str], str]) -> Callable[[str], tuple[str, ...]]:
     return parse_all
 
 
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not an IP address") from err
+
+
 def _retries(value: str) -> int:
     return values.parse_count(value, minimum=1, maximum=100)
 
@@ -189,6 +197,12 @@ REGISTRY_FLAGS = (
     ),
     Flag("mirror-resolve-retries", "3", _retries, "peers tried per request"),
     Flag(
+        "dns-bootstrap-nameservers",
+        "",
+        _each(_ip),
+        "DNS servers for the dns bootstrap (default: the system's)",
+    ),
+    Flag(
         "mirrored-registries",
         "",
         _each(values.parse_registry_host),
@@ -201,6 +215,14 @@ REGISTRY_FLAGS = (
         "regexes over registry/repo[:tag] never served nor advertised",
     ),
     RESOLVE_TAGS,
+    Flag("record-ttl", "10m", values.parse_duration, "life of a DHT record", unit="_s"),
+    Flag(
+        "refresh-interval",
+        "9m",
+        values.parse_duration,
+        "full re-walk and re-advertisement period",
+        unit="_s",
+    ),
     LOG_LEVEL,
 )
 

@@ -30,6 +30,7 @@ class RegistryConfig:
     bootstrap_kind: BootstrapKind = "static"
     static_bootstrap_peers: tuple[str, ...] = ()
     dns_bootstrap_domain: str = ""
+    dns_bootstrap_nameservers: tuple[str, ...] = ()
     leader_election_namespace: str = "peerpull"
     leader_election_name: str = "peerpull-leader-election"
     mirror_resolve_timeout_s: float = 0.020
@@ -37,6 +38,8 @@ class RegistryConfig:
     mirrored_registries: tuple[str, ...] = ()
     registry_filters: tuple[re.Pattern[str], ...] = field(default=())
     resolve_tags: bool = True
+    record_ttl_s: float = 600.0
+    refresh_interval_s: float = 540.0
     log_level: LogLevel = "INFO"
 
     def mirrors(self, registry: str) -> bool:

@@ -155,7 +155,9 @@ class _LayoutWriter:
             return os.urandom(size)
         piece = 64 << 20  # randbytes cannot make a GiB in one call
         rng = self.random
-        return b"".join(rng.randbytes(min(piece, size - i)) for i in range(0, size, piece))
+        return b"".join(
+            rng.randbytes(min(piece, size - i)) for i in range(0, size, piece)
+        )
 
     def blob(self, data: bytes, media_type: str) -> Blob:
         """Write data under its sha256 name and describe it."""
