@@ -315,6 +315,8 @@ def main(
         args = build_parser().parse_args(argv)
         flags = SUBCOMMANDS[args.command][1]
         options = resolve_flags(flags, args, environ)
+        if args.command == "registry":
+            check_registry_options(options)
     except UsageError as err:
         print(f"peerpull: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -150,3 +150,15 @@ def test_version() -> None:
     result = run_cli("version")
     assert result.returncode == 0
     assert result.stdout.startswith("peerpull ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--bootstrap-kind", "dns"], "--dns-bootstrap-domain"),
+        (["--refresh-interval", "11m"], "--refresh-interval"),
+    ],
+)
+def test_flags_that_depend_on_each_other(argv: list[str], flag: str) -> None:
+    with pytest.raises(cli.UsageError, match=f"^{flag}"):
+        cli.check_registry_options(parse(["registry", *argv], {}))
