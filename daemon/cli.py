@@ -306,6 +306,14 @@ def resolve_flags(
     return resolved
 
 
+def check_registry_options(options: Mapping[str, Any]) -> None:
+    """Checks across flags of `peerpull registry`."""
+    if options["bootstrap_kind"] == "dns" and not options["dns_bootstrap_domain"]:
+        raise UsageError("--dns-bootstrap-domain is required with --bootstrap-kind=dns")
+    if options["refresh_interval_s"] >= options["record_ttl_s"]:
+        raise UsageError("--refresh-interval must be shorter than --record-ttl")
+
+
 def main(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> int:
