@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := containerd docker-registry skopeo
+SYSTEM_PACKAGES := containerd docker-registry skopeo dnsmasq-base
 
 .PHONY: install system-deps demo test unit lint bench clean
 

@@ -15,7 +15,7 @@ from typing import Any
 # Attributes every LogRecord has; anything else came in through `extra`.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # Libraries whose INFO chatter is not ours to print.
-_QUIET = ("aiohttp.access", "grpc", "asyncio")
+_QUIET = ("aiohttp.access", "grpc", "asyncio", "urllib3", "kubernetes")
 
 
 class JsonFormatter(logging.Formatter):
