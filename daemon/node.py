@@ -8,18 +8,26 @@ open requests and close everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import resource
 import signal
+import socket
 import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.config import RegistryConfig
+from daemon.observability.metrics import ROUTER_PEERS
 from daemon.registry.server import RegistryApi
+from daemon.routing.bootstrap import Bootstrapper, StaticBootstrapper
+from daemon.routing.dht import DhtRouter
+from daemon.routing.router import Router
 from daemon.state.containerd import ContainerdClient, ContainerdError
 from daemon.state.store import ContainerdStore
+from daemon.state.tracker import StateTracker
 from daemon.values import Address
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,9 @@ READY_CACHE_S = 1.0
 # Idle and half-sent connections are closed after this; bounds slow clients.
 KEEPALIVE_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
+PEERS_GAUGE_PERIOD_S = 10.0
+DEBUG_RESOLVE_TIMEOUT_S = 2.0
+DEBUG_RESOLVE_COUNT = 10
 
 
 class StartupFailed(Exception):
@@ -67,16 +78,32 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def metrics_application() -> web.Application:
-    """A tiny app serving the process's Prometheus metrics on `/metrics`."""
+def metrics_application(router: Router) -> web.Application:
+    """The operator's port: Prometheus `/metrics` and `/debug/resolve?key=`."""
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
+    async def resolve(request: web.Request) -> web.Response:
+        key = request.query.get("key", "")
+        if not key or len(key) > 512:
+            return web.json_response(
+                {"error": "key required (at most 512 chars)"}, status=400
+            )
+        peers = []
+        started = time.perf_counter()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DEBUG_RESOLVE_TIMEOUT_S):
+                async for peer in router.resolve(key, DEBUG_RESOLVE_COUNT):
+                    peers.append({"peer_id": peer.peer_id, "host": peer.host})
+        seconds = time.perf_counter() - started
+        return web.json_response({"key": key, "peers": peers, "seconds": seconds})
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/debug/resolve", resolve)
     return app
 
 
@@ -109,11 +136,47 @@ async def wait_for_signal() -> None:
     log.info("shutting down")
 
 
-async def serve(config: RegistryConfig) -> None:
-    """Run the registry daemon until a signal arrives."""
-    raise_open_file_limit()
+def make_bootstrapper(config: RegistryConfig) -> Bootstrapper:
+    """The bootstrapper `--bootstrap-kind` names, configured from its flags."""
+    if config.bootstrap_kind == "dns":
+        from daemon.routing.dns import DnsBootstrapper
 
-    # containerd
+        return DnsBootstrapper(
+            config.dns_bootstrap_domain,
+            config.router_addr.port,
+            nameservers=config.dns_bootstrap_nameservers or None,
+        )
+    if config.bootstrap_kind == "kubernetes":
+        from daemon.routing.lease import KubernetesBootstrapper
+
+        return KubernetesBootstrapper(
+            config.leader_election_namespace,
+            config.leader_election_name,
+            identity=os.environ.get("NODE_NAME") or socket.gethostname(),
+        )
+    return StaticBootstrapper(config.static_bootstrap_peers)
+
+
+class Readiness:
+    """Ready when containerd answers and the router has joined the cluster."""
+
+    def __init__(self, containerd: ContainerdHealth, router: Router) -> None:
+        self._containerd = containerd
+        self._router = router
+
+    async def ready(self) -> bool:
+        return await self._router.ready() and await self._containerd.ready()
+
+
+async def watch_router_peers(router: DhtRouter) -> None:
+    """Keep the peers gauge current."""
+    while True:
+        ROUTER_PEERS.set(await router.peer_count())
+        await asyncio.sleep(PEERS_GAUGE_PERIOD_S)
+
+
+async def connect_containerd(config: RegistryConfig) -> ContainerdClient:
+    """A connected containerd client, or StartupFailed naming the socket."""
     client = ContainerdClient(
         str(config.containerd_sock),
         config.containerd_namespace,
@@ -126,15 +189,19 @@ async def serve(config: RegistryConfig) -> None:
     log.info(
         "containerd connected", extra={"version": version, "socket": client.socket_path}
     )
+    return client
 
-    # content store
+
+async def open_store(
+    client: ContainerdClient, config: RegistryConfig
+) -> ContainerdStore:
+    """The content store, reading files when the content path allows it."""
     try:
         files, reason = await ContainerdStore.usable_content_path(
             client, config.containerd_content_path
         )
     except ContainerdError as err:
         raise StartupFailed(str(err)) from err
-    store = ContainerdStore(client, files)
     log.info(
         "content store",
         extra={
@@ -143,23 +210,84 @@ async def serve(config: RegistryConfig) -> None:
             "path": str(config.containerd_content_path),
         },
     )
+    return ContainerdStore(client, files)
 
-    # listeners
-    runners: list[web.AppRunner] = []
-    try:
-        health = ContainerdHealth(client)
-        api = RegistryApi(config, store, health.ready)
-        runners.append(await start_site(api.application(), config.registry_addr))
-        runners.append(await start_site(metrics_application(), config.metrics_addr))
+
+async def until_stopped(background: list[asyncio.Task[None]]) -> None:
+    """Wait for SIGTERM/SIGINT; a background task that dies ends the daemon."""
+    signal_task = asyncio.create_task(wait_for_signal())
+    done, _ = await asyncio.wait(
+        [signal_task, *background], return_when=asyncio.FIRST_COMPLETED
+    )
+    if signal_task not in done:
+        signal_task.cancel()
+        failed = next(iter(done))
+        raise StartupFailed(f"{failed.get_name()} stopped: {failed.exception()!r}")
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve(config: RegistryConfig) -> None:
+    """Run the registry daemon until a signal arrives."""
+    raise_open_file_limit()
+    async with contextlib.AsyncExitStack() as stack:
+        # containerd and its content
+        client = await connect_containerd(config)
+        stack.push_async_callback(client.close)
+        store = await open_store(client, config)
+
+        # router
+        router = DhtRouter(
+            listen=config.router_addr,
+            data_dir=config.data_dir,
+            bootstrapper=make_bootstrapper(config),
+            record_ttl_s=config.record_ttl_s,
+        )
+        try:
+            await router.start()
+        except OSError as err:
+            raise StartupFailed(
+                f"router cannot start on {config.router_addr}: {err}"
+            ) from err
+        stack.push_async_callback(router.close)
+        log.info(
+            "router started",
+            extra={"peer_id": router.peer_id, "addresses": router.addresses},
+        )
+
+        # state tracker and gauges
+        tracker = StateTracker(
+            client,
+            store,
+            router,
+            serves=lambda registry, key: (
+                config.mirrors(registry) and not config.filtered(key)
+            ),
+            refresh_interval_s=config.refresh_interval_s,
+            unrestricted=not config.mirrored_registries and not config.registry_filters,
+        )
+        background = [
+            asyncio.create_task(tracker.run(), name="state tracker"),
+            asyncio.create_task(watch_router_peers(router), name="peers gauge"),
+        ]
+        stack.push_async_callback(cancel_all, background)
+
+        # listeners
+        readiness = Readiness(ContainerdHealth(client), router)
+        api = RegistryApi(config, store, readiness.ready)
+        registry = await start_site(api.application(), config.registry_addr)
+        stack.push_async_callback(registry.cleanup)
+        metrics = await start_site(metrics_application(router), config.metrics_addr)
+        stack.push_async_callback(metrics.cleanup)
         log.info(
             "serving",
             extra={
-                "registry": [str(a) for a in runners[0].addresses],
-                "metrics": [str(a) for a in runners[1].addresses],
+                "registry": [str(a) for a in registry.addresses],
+                "metrics": [str(a) for a in metrics.addresses],
             },
         )
-        await wait_for_signal()
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
-        await client.close()
+        await until_stopped(background)
