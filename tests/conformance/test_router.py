@@ -1,17 +1,23 @@
 """One conformance suite for every Router: what any implementation must do.
 
-`routers` yields three connected routers of one implementation. The DHT
-router joins the parametrisation once it exists (see `ROUTER_KINDS`).
+`routers` yields three connected routers of one implementation: the
+in-memory fake and the real DHT (three routers in this process, each on its
+own trio thread and 127.0.1.2x address).
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from daemon.routing.bootstrap import StaticBootstrapper
+from daemon.routing.dht import DhtRouter
 from daemon.routing.router import MemoryNetwork, MemoryRouter, Peer, Router
+from daemon.values import Address
 
 Factory = Callable[[int], AsyncIterator[list[Router]]]
 
@@ -24,7 +30,30 @@ async def memory_routers(count: int) -> AsyncIterator[list[Router]]:
     ]
 
 
-ROUTER_KINDS: dict[str, Factory] = {"memory": memory_routers}
+async def dht_routers(count: int) -> AsyncIterator[list[Router]]:
+    """Real DHT routers, each with its own trio thread, on 127.0.1.2x."""
+    with tempfile.TemporaryDirectory(prefix="dht-conformance-") as scratch:
+        routers: list[DhtRouter] = []
+        try:
+            for index in range(count):
+                seeds = routers[0].addresses[:1] if routers else []
+                router = DhtRouter(
+                    listen=Address(f"127.0.1.{20 + index}", 0),
+                    data_dir=Path(scratch) / str(index),
+                    bootstrapper=StaticBootstrapper(seeds),
+                )
+                await router.start()
+                routers.append(router)
+            async with asyncio.timeout(20):
+                while not all([await router.ready() for router in routers]):
+                    await asyncio.sleep(0.1)
+            yield list(routers)
+        finally:
+            for router in routers:
+                await router.close()
+
+
+ROUTER_KINDS: dict[str, Factory] = {"memory": memory_routers, "dht": dht_routers}
 
 
 @pytest.fixture(params=sorted(ROUTER_KINDS))
