@@ -26,57 +26,24 @@ from daemon.routing.dht import DhtRouter
 from daemon.routing.identity import KEY_FILE
 from daemon.routing.keys import cid, multihash
 from daemon.values import Address
-from tests.support.dhtnode import NodeProcess
+from tests.support.dhtnode import (
+    NodeProcess,
+    bare_address,
+    spawn_cluster,
+    stop_all,
+    wait_joined,
+)
 
-JOIN_TIMEOUT_S = 20.0
 HUNG_BOUND_S = 1.5
-
-
-def _bare(address: str) -> str:
-    return address.split("/p2p/")[0]
-
-
-async def _spawn_cluster(
-    tmp_path: Path, size: int, *extra: str, first_ip: int = 10
-) -> list[NodeProcess]:
-    first = await NodeProcess.spawn(
-        f"127.0.1.{first_ip}:0", tmp_path / "n0", [], *extra
-    )
-    seed = [_bare(first.addresses[0])]
-    rest = await asyncio.gather(
-        *(
-            NodeProcess.spawn(
-                f"127.0.1.{first_ip + i}:0", tmp_path / f"n{i}", seed, *extra
-            )
-            for i in range(1, size)
-        )
-    )
-    nodes = [first, *rest]
-    await _wait_joined(nodes, size - 1)
-    return nodes
-
-
-async def _wait_joined(nodes: list[NodeProcess], peers: int) -> None:
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while True:
-        states = [await node.ask("ready") for node in nodes]
-        if all(s["ready"] and s["peers"] >= peers for s in states):
-            return
-        assert time.monotonic() < deadline, f"cluster did not join: {states}"
-        await asyncio.sleep(0.2)
-
-
-async def _stop_all(nodes: list[NodeProcess]) -> None:
-    await asyncio.gather(*(node.stop() for node in nodes), return_exceptions=True)
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[list[NodeProcess]]:
-    nodes = await _spawn_cluster(tmp_path, 4)
+    nodes = await spawn_cluster(tmp_path, 4)
     try:
         yield nodes
     finally:
-        await _stop_all(nodes)
+        await stop_all(nodes)
 
 
 async def _holders(node: NodeProcess, key: str, count: int = 5) -> list[str]:
@@ -110,7 +77,7 @@ def test_host_offers_only_noise_and_yamux() -> None:
 
 
 def _negotiate(address: str, protocol: str) -> str:
-    parts = _bare(address).split("/")
+    parts = bare_address(address).split("/")
     with socket.create_connection((parts[2], int(parts[4])), timeout=5) as sock:
         for line in ("/multistream/1.0.0\n", protocol + "\n"):
             data = line.encode()
@@ -193,7 +160,7 @@ async def test_withdraw_is_gone_from_every_node(cluster: list[NodeProcess]) -> N
 
 
 async def test_records_expire_after_the_ttl(tmp_path: Path) -> None:
-    nodes = await _spawn_cluster(
+    nodes = await spawn_cluster(
         tmp_path, 3, "--record-ttl", "2s", "--republish-interval", "1h", first_ip=14
     )
     try:
@@ -206,7 +173,7 @@ async def test_records_expire_after_the_ttl(tmp_path: Path) -> None:
         for node in nodes[1:]:
             assert await _holders(node, key) == []
     finally:
-        await _stop_all(nodes)
+        await stop_all(nodes)
 
 
 async def test_a_killed_node_is_not_returned(cluster: list[NodeProcess]) -> None:
@@ -279,14 +246,14 @@ async def test_restart_keeps_the_peer_id_and_rejoins(
     await cluster[0].ask("advertise", keys=[key_before])
     await old.stop()
 
-    seed = [_bare(cluster[1].addresses[0])]
+    seed = [bare_address(cluster[1].addresses[0])]
     new = await NodeProcess.spawn("127.0.1.12:0", tmp_path / "n2", seed)
     cluster[2] = new
 
     assert new.peer_id == old.peer_id
     key_file = tmp_path / "n2" / KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    await _wait_joined(cluster, 3)
+    await wait_joined(cluster, 3)
 
     async def learned_old_key() -> bool:
         return await _holders(new, key_before) == [cluster[0].peer_id]

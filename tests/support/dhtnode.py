@@ -193,3 +193,59 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# clusters of node processes, for tests and benchmarks
+
+
+def bare_address(address: str) -> str:
+    return address.split("/p2p/")[0]
+
+
+async def spawn_cluster(
+    tmp_path: Path,
+    size: int,
+    *extra: str,
+    first_ip: int = 10,
+    min_peers: int | None = None,
+    join_timeout_s: float = 30.0,
+) -> list[NodeProcess]:
+    """Start `size` node processes on 127.0.1.<first_ip + i>, all seeded with
+    the first; return once each has `min_peers` (default size - 1) peers."""
+    first = await NodeProcess.spawn(
+        f"127.0.1.{first_ip}:0", tmp_path / "n0", [], *extra
+    )
+    seed = [bare_address(first.addresses[0])]
+    rest = await asyncio.gather(
+        *(
+            NodeProcess.spawn(
+                f"127.0.1.{first_ip + i}:0", tmp_path / f"n{i}", seed, *extra
+            )
+            for i in range(1, size)
+        )
+    )
+    nodes = [first, *rest]
+    peers = size - 1 if min_peers is None else min_peers
+    try:
+        await wait_joined(nodes, peers, join_timeout_s)
+    except BaseException:
+        await stop_all(nodes)
+        raise
+    return nodes
+
+
+async def wait_joined(
+    nodes: list[NodeProcess], peers: int, join_timeout_s: float = 30.0
+) -> None:
+    """Wait until every node is ready with at least `peers` peers."""
+    deadline = time.monotonic() + join_timeout_s
+    while True:
+        states = [await node.ask("ready") for node in nodes]
+        if all(s["ready"] and s["peers"] >= peers for s in states):
+            return
+        assert time.monotonic() < deadline, f"cluster did not join: {states}"
+        await asyncio.sleep(0.2)
+
+
+async def stop_all(nodes: list[NodeProcess]) -> None:
+    await asyncio.gather(*(node.stop() for node in nodes), return_exceptions=True)
