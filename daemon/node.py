@@ -40,7 +40,9 @@ READY_CHECK_TIMEOUT_S = 1.0
 READY_CACHE_S = 1.0
 # Idle and half-sent connections are closed after this; bounds slow clients.
 KEEPALIVE_TIMEOUT_S = 30.0
-SHUTDOWN_TIMEOUT_S = 10.0
+# In-flight requests get this long to finish on SIGTERM; containerd retries
+# a cut download elsewhere, so a stalled reader must not hold the exit.
+SHUTDOWN_TIMEOUT_S = 2.0
 PEERS_GAUGE_PERIOD_S = 10.0
 DEBUG_RESOLVE_TIMEOUT_S = 2.0
 DEBUG_RESOLVE_COUNT = 10

@@ -19,7 +19,8 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_DIGITS = re.compile(r"[0-9]+")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
@@ -57,7 +58,7 @@ def parse_address(value: str) -> Address:
 
 def parse_port(value: str) -> int:
     """Parse a TCP/UDP port number (0-65535)."""
-    if not value.isdigit() or int(value) > 65535:
+    if not _DIGITS.fullmatch(value) or int(value) > 65535:
         raise ValueError(f"{value!r} is not a port (0-65535)")
     return int(value)
 
@@ -99,7 +100,7 @@ def parse_bool(value: str) -> bool:
 
 def parse_count(value: str, minimum: int = 0, maximum: int = 1_000_000) -> int:
     """Parse a whole number within [minimum, maximum]."""
-    if not value.strip().isdigit():
+    if not _DIGITS.fullmatch(value.strip()):
         raise ValueError(f"{value!r} is not a whole number")
     number = int(value)
     if not minimum <= number <= maximum:

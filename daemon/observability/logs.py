@@ -37,6 +37,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class ClientFaultFilter(logging.Filter):
+    """Drops aiohttp's tracebacks for malformed requests: the client got its
+    400, and a hostile client must not be able to flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, HttpProcessingError)
+
+
 def configure(level: str) -> None:
     """Send every logger's records to stderr as JSON at `level`."""
     handler = logging.StreamHandler(sys.stderr)
@@ -46,3 +57,6 @@ def configure(level: str) -> None:
     root.setLevel(level)
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientFaultFilter) for f in server.filters):
+        server.addFilter(ClientFaultFilter())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_SINGLE = re.compile(r"bytes=(\d*)-(\d*)")
+# spaces may surround the numbers (RFC 9110 allows OWS), never split them
+_SINGLE = re.compile(r"bytes=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
 _MAX_DIGITS = 19  # fits in a signed 64-bit offset
 
 
@@ -38,7 +39,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     """
     if header is None:
         return None
-    match = _SINGLE.fullmatch(header.strip().replace(" ", ""))
+    match = _SINGLE.fullmatch(header.strip())
     if not match or (not match.group(1) and not match.group(2)):
         raise RangeNotSatisfiable(f"unsupported range {header[:64]!r}")
     first_text, last_text = match.groups()

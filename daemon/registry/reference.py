@@ -66,7 +66,9 @@ def parse_digest(value: str) -> str:
     algorithm, encoded = match.groups()
     expected = DIGEST_HEX_LENGTHS.get(algorithm)
     if expected is None:
-        raise ReferenceError("UNSUPPORTED", f"digest algorithm {algorithm} unsupported")
+        raise ReferenceError(
+            "DIGEST_INVALID", f"digest algorithm {algorithm} unsupported"
+        )
     if len(encoded) != expected or not re.fullmatch(r"[0-9a-f]+", encoded):
         raise ReferenceError("DIGEST_INVALID", "invalid digest")
     return value

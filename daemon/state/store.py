@@ -137,6 +137,36 @@ class GrpcBlob:
         return None
 
 
+def open_beneath(root: Path, digest: str) -> tuple[int, int] | None:
+    """Open `root/blobs/<algorithm>/<encoded>` for reading; fd and size, or None.
+
+    Every component below `root` is opened without following symlinks, and
+    the blob must be a regular file (opened non-blocking, so a FIFO planted
+    in the store cannot stall the daemon): nothing outside the store is read.
+    """
+    algorithm, _, encoded = digest.partition(":")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    opened: list[int] = []
+    try:
+        # the root is the operator's (it may be a link); below it, nothing is
+        parent = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+        opened.append(parent)
+        for name in ("blobs", algorithm):
+            parent = os.open(name, flags | os.O_DIRECTORY, dir_fd=parent)
+            opened.append(parent)
+        fd = os.open(encoded, flags | os.O_NONBLOCK, dir_fd=parent)
+    except OSError:
+        return None
+    finally:
+        for directory in opened:
+            os.close(directory)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    return fd, info.st_size
+
+
 class ContainerdStore:
     """The node's containerd as a ContentStore."""
 
@@ -158,11 +188,11 @@ class ContainerdStore:
         if not content_path.is_dir() or not os.access(content_path, os.R_OK | os.X_OK):
             return None, "content path not readable"
         held = await client.list_content()
-        if (
-            held
-            and not (content_path / "blobs" / "sha256" / held[0].digest[7:]).exists()
-        ):
-            return None, "content path does not hold containerd's blobs"
+        if held:
+            opened = open_beneath(content_path, held[0].digest)
+            if opened is None:
+                return None, "content path does not hold containerd's blobs"
+            os.close(opened[0])
         return content_path, "content path readable"
 
     @property
@@ -170,32 +200,21 @@ class ContainerdStore:
         """True when blobs are read from files, False when over gRPC."""
         return self._content_path is not None
 
-    def _path(self, digest: str) -> Path:
-        assert self._content_path is not None
-        algorithm, _, encoded = digest.partition(":")
-        return self._content_path / "blobs" / algorithm / encoded
-
     def _open_file(self, digest: str) -> FileBlob | None:
-        try:
-            fd = os.open(self._path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
+        assert self._content_path is not None
+        opened = open_beneath(self._content_path, digest)
+        if opened is None:
             return None
-        except OSError as err:
-            log.debug("blob open failed", extra={"digest": digest, "error": str(err)})
-            return None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            return None
-        return FileBlob(digest, fd, info.st_size)
+        fd, size = opened
+        return FileBlob(digest, fd, size)
 
     async def size(self, digest: str) -> int | None:
         if self._content_path is not None:
-            try:
-                info = os.stat(self._path(digest), follow_symlinks=False)
-            except OSError:
+            blob = self._open_file(digest)
+            if blob is None:
                 return None
-            return info.st_size if stat.S_ISREG(info.st_mode) else None
+            await blob.close()
+            return blob.size
         try:
             content = await self._client.content_info(digest)
         except ContainerdError as err:

@@ -76,10 +76,10 @@ def test_malformed_digests_are_refused(hex_part: str) -> None:
     assert accepted == valid
 
 
-def test_unknown_algorithm_is_unsupported() -> None:
+def test_unknown_algorithm_is_an_invalid_digest() -> None:
     with pytest.raises(ReferenceError) as err:
         parse_digest("md5:" + "0" * 32)
-    assert err.value.code == "UNSUPPORTED"
+    assert err.value.code == "DIGEST_INVALID"
 
 
 @pytest.mark.parametrize(
