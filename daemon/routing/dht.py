@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from types import TracebackType
 
+from daemon.observability.metrics import RESOLVE_DURATION
 from daemon.routing import host as hosts
 from daemon.routing import identity, tuning
 from daemon.routing.bootstrap import Bootstrapper, StaticBootstrapper
@@ -22,6 +24,8 @@ from daemon.routing.bridge import TrioBridge
 from daemon.routing.node import DhtNode
 from daemon.routing.router import Peer
 from daemon.values import Address
+
+_RESOLVED = RESOLVE_DURATION.labels(router="libp2p")
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +135,12 @@ class DhtRouter:
         """Yield up to `count` live other nodes holding `key`: the local store
         first, then (large clusters only) a lookup bounded by the query timeout."""
         node = self._require_node()
+        started = time.perf_counter()
         local, complete = await self._bridge.call(node.local_providers, key, count)
+        if local or complete:
+            RESOLVE_DURATION.labels(router="libp2p").observe(
+                time.perf_counter() - started
+            )
         for peer_id, host in local:
             yield Peer(peer_id, host)
         if complete or len(local) >= count:
@@ -140,6 +149,10 @@ class DhtRouter:
         found = await self._bridge.call(
             node.network_providers, key, count - len(local), skip
         )
+        if not local:
+            RESOLVE_DURATION.labels(router="libp2p").observe(
+                time.perf_counter() - started
+            )
         for peer_id, host in found:
             yield Peer(peer_id, host)
 
