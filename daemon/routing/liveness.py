@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # trio-typing's stubs shadow trio's own types
 
 log = logging.getLogger(__name__)
 
-PING_INTERVAL_S = 1.0
+# Each node pings each table peer once per interval: O(N) per node, so keep
+# it slow enough for 30 processes sharing two cores.
+PING_INTERVAL_S = 3.0
 _PING_BYTES = 32
 
 
