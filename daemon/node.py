@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.config import RegistryConfig
 from daemon.observability.metrics import ROUTER_PEERS
+from daemon.registry.local import LocalContent
 from daemon.registry.server import RegistryApi
 from daemon.routing.bootstrap import Bootstrapper, StaticBootstrapper
 from daemon.routing.dht import DhtRouter
@@ -280,7 +281,7 @@ async def serve(config: RegistryConfig) -> None:
 
         # listeners
         readiness = Readiness(ContainerdHealth(client), router)
-        api = RegistryApi(config, store, readiness.ready)
+        api = RegistryApi(LocalContent(config, store), readiness.ready)
         registry = await start_site(api.application(), config.registry_addr)
         stack.push_async_callback(registry.cleanup)
         metrics = await start_site(metrics_application(router), config.metrics_addr)

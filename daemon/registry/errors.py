@@ -35,6 +35,15 @@ MESSAGE_BY_CODE = {
 }
 
 
+ERROR_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+def error_body(code: str, detail: Any = None) -> bytes:
+    """The JSON OCI error body for one error."""
+    error = {"code": code, "message": MESSAGE_BY_CODE[code], "detail": detail}
+    return json.dumps({"errors": [error]}).encode()
+
+
 def error_response(
     code: str,
     detail: Any = None,
@@ -43,9 +52,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     """Build a JSON OCI error response (aiohttp drops the body for HEAD)."""
-    body = json.dumps(
-        {"errors": [{"code": code, "message": MESSAGE_BY_CODE[code], "detail": detail}]}
-    ).encode()
+    body = error_body(code, detail)
     response = web.Response(
         status=status or STATUS_BY_CODE[code],
         body=body,

@@ -3,8 +3,10 @@
 Routes: `GET /v2/`; `GET|HEAD /v2/<name>/manifests/<tag|digest>`;
 `GET|HEAD /v2/<name>/blobs/<digest>`; `/readyz` and `/livez`. The `ns`
 query parameter names the registry a request is for. Any other method on
-`/v2/` is 405. Content comes from the local store only in this version: a
-miss is an immediate 404 so that containerd moves on to the next host.
+`/v2/` is 405. Local content is answered at once; a miss goes to the mirror
+path (peers) unless the request itself comes from a peer
+(`X-PeerPull-Mirrored: true`), and otherwise is an immediate 404 so that
+containerd moves on to the next host.
 """
 
 from __future__ import annotations
@@ -12,31 +14,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
-from daemon.config import RegistryConfig
-from daemon.observability.metrics import (
-    HTTP_REQUEST_DURATION,
-    MIRROR_REQUESTS,
-    registry_label,
-)
-from daemon.registry import media
+from daemon.observability.metrics import HTTP_REQUEST_DURATION
 from daemon.registry.errors import error_response
-from daemon.registry.ranges import RangeNotSatisfiable, parse_range
-from daemon.registry.reference import (
-    Reference,
-    ReferenceError,
-    is_digest,
-    normalise_name,
-    parse_digest,
-    parse_name,
-    parse_registry,
-    parse_tag,
+from daemon.registry.local import (
+    Answer,
+    LocalContent,
+    PullRequest,
+    count_request,
 )
 from daemon.registry.sendfile import send_blob
-from daemon.state.store import ContentStore, StoreUnavailable, read_small
 
 log = logging.getLogger(__name__)
 
@@ -47,51 +37,24 @@ HEALTH_PATHS = frozenset({"/readyz", "/livez"})
 ReadyCheck = Callable[[], Awaitable[bool]]
 
 
-@dataclass(frozen=True)
-class Request:
-    """A parsed `/v2/<name>/<kind>/<reference>` request."""
+class Mirror(Protocol):
+    """Serves a request the node does not hold from its peers (or says 404)."""
 
-    kind: str  # "manifests" or "blobs"
-    ref: Reference
-    head: bool
-    mirrored: bool
-
-
-def parse_request(request: web.Request) -> Request | None:
-    """Parse the path and `ns`; None for a path that is not a pull endpoint."""
-    path = request.rel_url.raw_path
-    if "%" in path:
-        raise ReferenceError("NAME_INVALID", "percent-encoded paths are not accepted")
-    parts = path.split("/")
-    if len(parts) < 5 or parts[1] != "v2" or parts[-2] not in ("manifests", "blobs"):
-        return None
-    namespaces = request.query.getall("ns", [])
-    if len(namespaces) > 1:
-        raise ReferenceError("NAME_INVALID", "more than one ns parameter")
-    registry = parse_registry(namespaces[0] if namespaces else None)
-    name = normalise_name(registry, parse_name("/".join(parts[2:-2])))
-    kind, target = parts[-2], parts[-1]
-    if kind == "blobs" or is_digest(target):
-        ref = Reference(registry, name, digest=parse_digest(target))
-    else:
-        ref = Reference(registry, name, tag=parse_tag(target))
-    return Request(
-        kind=kind,
-        ref=ref,
-        head=request.method == "HEAD",
-        mirrored=request.headers.get(MIRRORED_HEADER, "").lower() == "true",
-    )
+    async def serve(
+        self, request: web.Request, pull: PullRequest, miss: Answer
+    ) -> web.StreamResponse:
+        """Stream the content from a peer, or answer `miss` at once."""
 
 
 class RegistryApi:
-    """Handlers for the registry API over one ContentStore."""
+    """HTTP/1.1 handlers over LocalContent and, for misses, a Mirror."""
 
     def __init__(
-        self, config: RegistryConfig, store: ContentStore, ready: ReadyCheck
+        self, local: LocalContent, ready: ReadyCheck, mirror: Mirror | None = None
     ) -> None:
-        self._config = config
-        self._store = store
+        self._local = local
         self._ready = ready
+        self._mirror = mirror
 
     def application(self) -> web.Application:
         """The aiohttp application with routes and the metrics middleware."""
@@ -118,99 +81,31 @@ class RegistryApi:
                 {"method": request.method[:32]},
                 headers={"Allow": "GET, HEAD"},
             )
-        if request.rel_url.raw_path in ("/v2", "/v2/"):
-            return web.json_response({})
-        try:
-            parsed = parse_request(request)
-        except ReferenceError as err:
-            return error_response(err.code, str(err))
-        if parsed is None:
-            return error_response("UNSUPPORTED", "not a pull endpoint", status=404)
-        if parsed.kind == "manifests":
-            return await self._manifest(parsed)
-        return await self._blob(request, parsed)
-
-    def _served(self, ref: Reference) -> bool:
-        """Whether this registry is mirrored and the reference is not filtered."""
-        if ref.registry is not None and not self._config.mirrors(ref.registry):
-            return False
-        key = ref.tag_key if ref.tag is not None else ref.repository
-        return not self._config.filtered(key)
-
-    def _count(self, ref: Reference, hit: bool) -> None:
-        MIRROR_REQUESTS.labels(
-            registry=registry_label(ref.registry),
-            cache="hit" if hit else "miss",
-            source="local",
-        ).inc()
-
-    async def _manifest(self, req: Request) -> web.StreamResponse:
-        ref = req.ref
-        try:
-            found = await self._find_manifest(ref) if self._served(ref) else None
-        except StoreUnavailable as err:
-            log.warning("store unavailable", extra={"error": str(err)})
-            found = None
-        self._count(ref, found is not None)
-        if found is None:
-            return error_response("MANIFEST_UNKNOWN", {"ref": _ref_text(ref)})
-        digest, media_type, content = found
-        return web.Response(
-            body=content,
-            headers={
-                "Content-Type": media_type,
-                "Docker-Content-Digest": digest,
-                "Etag": f'"{digest}"',
-                "X-Content-Type-Options": "nosniff",
-            },
+        answer = await self._local.answer(
+            request.method,
+            request.rel_url.raw_path,
+            request.query.getall("ns", []),
+            request.headers.get("Range"),
         )
-
-    async def _find_manifest(self, ref: Reference) -> tuple[str, str, bytes] | None:
-        """Digest, media type and bytes of a local manifest, or None."""
-        declared: str | None = None
-        digest = ref.digest
-        if digest is None:
-            if ref.registry is None:
-                return None  # a tag means nothing without its registry
-            target = await self._store.resolve(ref.tag_key)
-            if target is None:
-                return None
-            digest, declared = target.digest, target.media_type
-        content = await read_small(self._store, digest, media.MANIFEST_LIMIT_BYTES)
-        if content is None:
-            return None
-        media_type = declared or media.manifest_media_type(content)
-        if media_type not in media.MANIFEST_TYPES:
-            return None
-        return digest, media_type, content
-
-    async def _blob(self, request: web.Request, req: Request) -> web.StreamResponse:
-        ref = req.ref
-        assert ref.digest is not None
-        try:
-            blob = await self._store.open(ref.digest) if self._served(ref) else None
-        except StoreUnavailable as err:
-            log.warning("store unavailable", extra={"error": str(err)})
-            blob = None
-        self._count(ref, blob is not None)
-        if blob is None:
-            return error_response("BLOB_UNKNOWN", {"digest": ref.digest})
-        try:
-            try:
-                byte_range = parse_range(request.headers.get("Range"), blob.size)
-            except RangeNotSatisfiable as err:
-                return error_response(
-                    "RANGE_INVALID",
-                    str(err),
-                    headers={"Content-Range": f"bytes */{blob.size}"},
-                )
-            return await send_blob(request, blob, byte_range, head=req.head)
-        finally:
-            await blob.close()
+        pull = answer.request
+        mirrored = request.headers.get(MIRRORED_HEADER, "").lower() == "true"
+        if answer.missed and pull is not None and self._mirror and not mirrored:
+            return await self._mirror.serve(request, pull, answer)
+        if pull is not None:
+            count_request(pull.ref, answer.status < 400, "local")
+        return await render(request, answer)
 
 
-def _ref_text(ref: Reference) -> str:
-    return f"{ref.repository}{'@' + ref.digest if ref.digest else ':' + str(ref.tag)}"
+async def render(request: web.Request, answer: Answer) -> web.StreamResponse:
+    """Send an Answer over HTTP/1.1 (blobs with sendfile where possible)."""
+    try:
+        if answer.blob is not None:
+            return await send_blob(request, answer, head=request.method == "HEAD")
+        headers = dict(answer.headers)
+        headers.pop("Content-Length", None)  # aiohttp sets it from the body
+        return web.Response(status=answer.status, headers=headers, body=answer.body)
+    finally:
+        await answer.close()
 
 
 async def _add_api_version(request: web.Request, response: web.StreamResponse) -> None:

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from daemon.config import RegistryConfig
+from daemon.registry.local import LocalContent
 from daemon.registry.media import OCI_INDEX, OCI_MANIFEST
 from daemon.registry.server import RegistryApi
 from daemon.state.memory import MemoryStore
@@ -47,7 +48,7 @@ async def start(store: MemoryStore, config: RegistryConfig) -> AsyncIterator[Nod
     async def ready() -> bool:
         return True
 
-    app = RegistryApi(config, store, ready).application()
+    app = RegistryApi(LocalContent(config, store), ready).application()
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as session:
