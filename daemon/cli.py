@@ -115,6 +115,13 @@ def _ip(value: str) -> str:
         raise ValueError(f"{value!r} is not an IP address") from err
 
 
+def _datagram_size(value: str) -> str:
+    if value == "auto":
+        return value
+    size = values.parse_count(value, minimum=1200, maximum=65000)
+    return str(size)
+
+
 def _retries(value: str) -> int:
     return values.parse_count(value, minimum=1, maximum=100)
 
@@ -215,6 +222,15 @@ REGISTRY_FLAGS = (
         "regexes over registry/repo[:tag] never served nor advertised",
     ),
     RESOLVE_TAGS,
+    Flag(
+        "transport-max-datagram-size",
+        "auto",
+        _datagram_size,
+        "QUIC datagram bytes, or auto (the route's interface MTU)",
+    ),
+    Flag(
+        "quic-engine", "auto", _choice("auto", "aioquic", "qh3"), "auto, aioquic or qh3"
+    ),
     Flag("record-ttl", "10m", values.parse_duration, "life of a DHT record", unit="_s"),
     Flag(
         "refresh-interval",

@@ -38,6 +38,8 @@ class RegistryConfig:
     mirrored_registries: tuple[str, ...] = ()
     registry_filters: tuple[re.Pattern[str], ...] = field(default=())
     resolve_tags: bool = True
+    transport_max_datagram_size: str = "auto"
+    quic_engine: str = "auto"
     record_ttl_s: float = 600.0
     refresh_interval_s: float = 540.0
     log_level: LogLevel = "INFO"

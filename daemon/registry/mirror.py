@@ -1,0 +1,352 @@
+"""The mirror path: content this node does not hold, streamed from a peer.
+
+A miss is resolved through the router (the digest, or `registry/repo:tag`
+for a tag) within the resolve timeout, and fetched over the peer transport
+from the first peer that answers. Bytes go on to containerd as they arrive
+while their digest is checked; the last chunk is held back until the check
+passes, so a corrupt or short body is never completed: the connection is
+cut instead. A body that breaks midway is resumed from another peer with a
+`Range` at the byte reached. When no peer answers in time, the local 404
+goes out at once so containerd falls back to the next host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from daemon.registry import media
+from daemon.registry.local import Answer, PullRequest, count_request
+from daemon.registry.reference import Reference
+from daemon.routing.router import Peer, Router
+from transport.peer import PeerClient, PeerError, PeerResponse, PeerStreamBroken
+
+log = logging.getLogger(__name__)
+
+# Connect plus response headers, per peer; a hung peer costs at most this.
+PEER_HEADER_TIMEOUT_S = 1.0
+AVOID_FAILED_PEER_S = 30.0
+FORWARDED_HEADERS = (
+    "content-type",
+    "content-length",
+    "docker-content-digest",
+    "content-range",
+    "accept-ranges",
+    "etag",
+    "cache-control",
+    "x-content-type-options",
+)
+MANIFEST_ACCEPT = ", ".join(sorted(media.MANIFEST_TYPES))
+
+
+@dataclass(frozen=True)
+class Span:
+    """The bytes a request covers: `first` and `length` of a blob of `size`."""
+
+    first: int
+    length: int
+    size: int | None
+
+
+class PeerMirror:
+    """Serves misses from peers; implements daemon.registry.server.Mirror."""
+
+    def __init__(
+        self,
+        router: Router,
+        client: PeerClient,
+        *,
+        resolve_timeout_s: float,
+        resolve_retries: int,
+        resolve_tags: bool,
+        header_timeout_s: float = PEER_HEADER_TIMEOUT_S,
+        avoid_s: float = AVOID_FAILED_PEER_S,
+    ) -> None:
+        self._router = router
+        self._client = client
+        self._resolve_timeout_s = resolve_timeout_s
+        self._retries = resolve_retries
+        self._resolve_tags = resolve_tags
+        self._header_timeout_s = header_timeout_s
+        self._avoid_s = avoid_s
+        self._avoided: dict[str, float] = {}
+
+    async def serve(
+        self, request: web.Request, pull: PullRequest, miss: Answer
+    ) -> web.StreamResponse:
+        ref = pull.ref
+        key = ref.digest or (
+            ref.tag_key if self._resolve_tags and ref.registry else None
+        )
+        peers = await self._candidates(key) if key else []
+        headers = self._request_headers(request, pull)
+        path = request.rel_url.raw_path + (
+            f"?ns={ref.registry}" if ref.registry else ""
+        )
+        method = "HEAD" if pull.head else "GET"
+
+        if pull.kind == "manifests" and not pull.head:
+            found = await self._fetch_manifest(peers, path, headers, ref.digest)
+            count_request(ref, found is not None, "peer")
+            if found is None:
+                return _render(miss)
+            status, forwarded, body = found
+            return web.Response(status=status, headers=forwarded, body=body)
+
+        reply = await self._first_reply(peers, method, path, headers, pull, None)
+        count_request(ref, reply is not None, "peer")
+        if reply is None:
+            return _render(miss)
+        peer, response = reply
+        if pull.head:
+            await response.close()
+            return _headers_only(response)
+        return await self._stream_blob(
+            request, pull, peers, path, headers, peer, response
+        )
+
+    # peers
+
+    async def _candidates(self, key: str) -> list[Peer]:
+        """Up to `retries` peers holding `key` that are not being avoided."""
+        now = time.monotonic()
+        self._avoided = {p: t for p, t in self._avoided.items() if t > now}
+        found: list[Peer] = []
+        try:
+            async with asyncio.timeout(self._resolve_timeout_s):
+                wanted = self._retries + len(self._avoided)
+                async for peer in self._router.resolve(key, wanted):
+                    if peer.peer_id not in self._avoided:
+                        found.append(peer)
+                    if len(found) >= self._retries:
+                        break
+        except TimeoutError:
+            pass
+        return found
+
+    def _avoid(self, peer: Peer, reason: str) -> None:
+        log.info("peer failed", extra={"peer": peer.peer_id, "reason": reason[:200]})
+        self._avoided[peer.peer_id] = time.monotonic() + self._avoid_s
+
+    @staticmethod
+    def _request_headers(request: web.Request, pull: PullRequest) -> dict[str, str]:
+        headers = {"x-peerpull-mirrored": "true"}
+        if pull.kind == "manifests":
+            headers["accept"] = request.headers.get("Accept", MANIFEST_ACCEPT)
+        if pull.range_header is not None:
+            headers["range"] = pull.range_header
+        if "traceparent" in request.headers:
+            headers["traceparent"] = request.headers["traceparent"]
+        return headers
+
+    async def _first_reply(
+        self,
+        peers: list[Peer],
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        pull: PullRequest,
+        resume: Span | None,
+    ) -> tuple[Peer, PeerResponse] | None:
+        """The first peer whose answer has acceptable headers, trying in order."""
+        while peers:
+            peer = peers.pop(0)
+            try:
+                response = await self._client.fetch(
+                    peer.peer_id,
+                    peer.host,
+                    method,
+                    path,
+                    headers,
+                    self._header_timeout_s,
+                )
+            except PeerError as err:
+                self._avoid(peer, repr(err))
+                continue
+            problem = _check_headers(response, pull, resume)
+            if problem is None:
+                return peer, response
+            await response.close()
+            if response.status == 404:
+                log.debug("peer no longer holds it", extra={"peer": peer.peer_id})
+            else:
+                self._avoid(peer, problem)
+        return None
+
+    # manifests
+
+    async def _fetch_manifest(
+        self,
+        peers: list[Peer],
+        path: str,
+        headers: Mapping[str, str],
+        digest: str | None,
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """A manifest from the first peer whose bytes match its digest."""
+        wanted = PullRequest(
+            "manifests", Reference(None, "", digest=digest), False, None
+        )
+        while peers:
+            reply = await self._first_reply(peers, "GET", path, headers, wanted, None)
+            if reply is None:
+                return None
+            peer, response = reply
+            try:
+                body = await _read_all(response, media.MANIFEST_LIMIT_BYTES)
+            except PeerError as err:
+                self._avoid(peer, repr(err))
+                continue
+            finally:
+                await response.close()
+            announced = response.headers.get("docker-content-digest", "")
+            actual = "sha256:" + hashlib.sha256(body).hexdigest()
+            if announced != actual or (digest is not None and digest != actual):
+                self._avoid(peer, "manifest bytes do not match their digest")
+                continue
+            return response.status, _forwarded(response), body
+        return None
+
+    # blobs
+
+    async def _stream_blob(
+        self,
+        request: web.Request,
+        pull: PullRequest,
+        peers: list[Peer],
+        path: str,
+        headers: dict[str, str],
+        peer: Peer,
+        response: PeerResponse,
+    ) -> web.StreamResponse:
+        span = _span_of(response)
+        verify = pull.range_header is None and pull.ref.digest is not None
+        hasher = hashlib.sha256()
+        out = web.StreamResponse(status=response.status, headers=_forwarded(response))
+        await out.prepare(request)
+        received, held = 0, b""
+        while True:
+            try:
+                async for chunk in response:
+                    if received + len(chunk) > span.length:
+                        raise PeerStreamBroken("peer sent more bytes than announced")
+                    if held:
+                        await out.write(held)
+                    hasher.update(chunk)
+                    held, received = chunk, received + len(chunk)
+                if received != span.length:
+                    raise PeerStreamBroken("peer body ended early")
+                break
+            except PeerError as err:
+                await response.close()
+                self._avoid(peer, repr(err))
+                resume = Span(span.first + received, span.length - received, span.size)
+                headers["range"] = (
+                    f"bytes={resume.first}-{span.first + span.length - 1}"
+                )
+                reply = await self._first_reply(
+                    peers, "GET", path, headers, pull, resume
+                )
+                if reply is None:
+                    return _cut(request, out, pull, "no peer left to resume from")
+                peer, response = reply
+        await response.close()
+        if verify and "sha256:" + hasher.hexdigest() != pull.ref.digest:
+            self._avoid(peer, "blob bytes do not match their digest")
+            return _cut(request, out, pull, "digest mismatch")
+        if held:
+            await out.write(held)
+        await out.write_eof()
+        return out
+
+
+def _check_headers(
+    response: PeerResponse, pull: PullRequest, resume: Span | None
+) -> str | None:
+    """Why a peer's headers are unacceptable, or None when they are fine."""
+    ranged = resume is not None or pull.range_header is not None
+    if response.status != (206 if ranged else 200):
+        return f"status {response.status}"
+    if (
+        "content-length" not in response.headers
+        or not response.headers["content-length"].isdigit()
+    ):
+        return "no content-length"
+    announced = response.headers.get("docker-content-digest")
+    if pull.ref.digest is not None and announced not in (None, pull.ref.digest):
+        return "wrong docker-content-digest"
+    try:
+        span = _span_of(response)
+    except ValueError:
+        return "bad content-range"
+    if resume is not None and (span.first, span.length) != (
+        resume.first,
+        resume.length,
+    ):
+        return "resumed range does not match"
+    return None
+
+
+def _span_of(response: PeerResponse) -> Span:
+    length = int(response.headers["content-length"])
+    content_range = response.headers.get("content-range")
+    if content_range is None:
+        return Span(0, length, length)
+    unit, _, rest = content_range.partition(" ")
+    positions, _, size = rest.partition("/")
+    first, _, _ = positions.partition("-")
+    if unit != "bytes" or not first.isdigit():
+        raise ValueError(f"bad content-range {content_range[:64]!r}")
+    return Span(int(first), length, int(size) if size.isdigit() else None)
+
+
+def _forwarded(response: PeerResponse) -> dict[str, str]:
+    return {
+        _canonical(name): response.headers[name]
+        for name in FORWARDED_HEADERS
+        if name in response.headers
+    }
+
+
+def _canonical(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def _headers_only(response: PeerResponse) -> web.Response:
+    headers = _forwarded(response)
+    length = headers.pop("Content-Length", "0")
+    reply = web.Response(status=response.status, headers=headers)
+    reply.headers["Content-Length"] = length
+    return reply
+
+
+async def _read_all(response: PeerResponse, limit: int) -> bytes:
+    parts, total = [], 0
+    async for chunk in response:
+        total += len(chunk)
+        if total > limit:
+            raise PeerStreamBroken("manifest larger than the limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _render(answer: Answer) -> web.Response:
+    headers = dict(answer.headers)
+    headers.pop("Content-Length", None)
+    return web.Response(status=answer.status, headers=headers, body=answer.body)
+
+
+def _cut(
+    request: web.Request, out: web.StreamResponse, pull: PullRequest, why: str
+) -> web.StreamResponse:
+    """End a response whose headers are out without its last bytes: the client
+    sees a body shorter than Content-Length and discards it."""
+    log.warning("mirror stream cut", extra={"digest": pull.ref.digest, "reason": why})
+    if request.transport is not None:
+        request.transport.abort()
+    return out
