@@ -272,10 +272,8 @@ def _check_headers(
     ranged = resume is not None or pull.range_header is not None
     if response.status != (206 if ranged else 200):
         return f"status {response.status}"
-    if (
-        "content-length" not in response.headers
-        or not response.headers["content-length"].isdigit()
-    ):
+    length = response.headers.get("content-length", "")
+    if not (length.isascii() and length.isdigit()):
         return "no content-length"
     announced = response.headers.get("docker-content-digest")
     if pull.ref.digest is not None and announced not in (None, pull.ref.digest):
