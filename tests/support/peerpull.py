@@ -33,13 +33,14 @@ class PeerpullProcess:
         self.port = free_port(host)
         self.metrics_port = free_port(host)
         self.router_port = free_port(host)
+        self.transport_port = free_port(host)
         self.log_path = base_dir / "peerpull.log"
         self._args = [
             "registry",
             f"--registry-addr={host}:{self.port}",
             f"--metrics-addr={host}:{self.metrics_port}",
             f"--router-addr={host}:{self.router_port}",
-            f"--transport-addr={host}:0",
+            f"--transport-addr={host}:{self.transport_port}",
             f"--containerd-sock={containerd_socket}",
             f"--containerd-namespace={namespace}",
             f"--containerd-content-path={content_path}",
