@@ -112,6 +112,12 @@ class UpstreamRegistry:
             process.kill()
             process.wait()
 
+    @property
+    def pid(self) -> int | None:
+        """The registry's process id while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def log_text(self) -> str:
         """Return what the registry has logged so far."""
         path = self.base_dir / "registry.log"
