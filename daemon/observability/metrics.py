@@ -77,3 +77,21 @@ def registry_label(registry: str | None) -> str:
             _registries_seen.add(registry)
             return registry
     return "other"
+
+
+TRANSFER_BYTES = Counter(
+    "peerpull_transfer_bytes_total",
+    "Body bytes moved between peers, by direction and protocol.",
+    ["direction", "protocol"],
+)
+TRANSFER_DURATION = Histogram(
+    "peerpull_transfer_duration_seconds",
+    "Time to move one response body between peers, headers to last byte.",
+    ["direction"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+PEER_CONNECTIONS = Gauge(
+    "peerpull_peer_connections",
+    "Open QUIC connections with peers: pooled by the client, accepted by the server.",
+    ["role"],
+)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from daemon.registry import media
+from daemon.registry import media, notes
 from daemon.registry.local import Answer, PullRequest, count_request
 from daemon.registry.reference import Reference
 from daemon.routing.router import Peer, Router
@@ -94,6 +94,7 @@ class PeerMirror:
         if pull.kind == "manifests" and not pull.head:
             found = await self._fetch_manifest(peers, path, headers, ref.digest)
             count_request(ref, found is not None, "peer")
+            request[notes.SOURCE] = "peer" if found is not None else "none"
             if found is None:
                 return _render(miss)
             status, forwarded, body = found
@@ -101,9 +102,11 @@ class PeerMirror:
 
         reply = await self._first_reply(peers, method, path, headers, pull, None)
         count_request(ref, reply is not None, "peer")
+        request[notes.SOURCE] = "peer" if reply is not None else "none"
         if reply is None:
             return _render(miss)
         peer, response = reply
+        request[notes.PEER] = peer.peer_id
         if pull.head:
             await response.close()
             return _headers_only(response)

@@ -19,6 +19,7 @@ from typing import Protocol
 from aiohttp import web
 
 from daemon.observability.metrics import HTTP_REQUEST_DURATION
+from daemon.registry import notes
 from daemon.registry.errors import error_response
 from daemon.registry.local import (
     Answer,
@@ -93,6 +94,7 @@ class RegistryApi:
             return await self._mirror.serve(request, pull, answer)
         if pull is not None:
             count_request(pull.ref, answer.status < 400, "local")
+            request[notes.SOURCE] = "local" if answer.status < 400 else "none"
         return await render(request, answer)
 
 
@@ -143,6 +145,8 @@ async def _observe(
                     "path": request.path_qs[:512],
                     "status": code,
                     "bytes": sent,
+                    "source": request.get(notes.SOURCE),
+                    "peer": request.get(notes.PEER),
                     "seconds": round(elapsed, 6),
                 },
             )
