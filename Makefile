@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := containerd docker-registry skopeo dnsmasq-base
+SYSTEM_PACKAGES := containerd docker-registry skopeo dnsmasq-base python3-bpfcc \
+	linux-headers-amd64
 
 .PHONY: install system-deps demo test unit lint bench clean
 
@@ -23,6 +24,17 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# bcc compiles against kernel headers; the nearest Debian ones (6.1) serve
+	@# the syscall tracepoints of newer kernels, linked where bcc looks.
+	@k=/lib/modules/$$(uname -r); \
+	build=$$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1); \
+	common=$$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1); \
+	if [ -n "$$build" ] && [ ! -e $$k/build ]; then \
+	  mkdir -p $$k && ln -s $$build $$k/build && echo "linked $$k/build"; fi; \
+	if [ -n "$$common" ] && [ ! -e $$k/source ]; then \
+	  mkdir -p $$k && ln -s $$common $$k/source && echo "linked $$k/source"; fi; \
+	if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then \
+	  mount -t tracefs tracefs /sys/kernel/tracing && echo "mounted tracefs"; fi
 
 demo: system-deps install
 	$(PY) -m tests.support.demo

@@ -95,3 +95,23 @@ PEER_CONNECTIONS = Gauge(
     "Open QUIC connections with peers: pooled by the client, accepted by the server.",
     ["role"],
 )
+
+EBPF_EVENTS = Counter(
+    "peerpull_ebpf_events_total",
+    "Blob commits and deletions the eBPF probe delivered, by kind.",
+    ["kind"],
+)
+EBPF_LOST_EVENTS = Counter(
+    "peerpull_ebpf_lost_events_total",
+    "Probe records dropped in the kernel because the ring buffer was full.",
+)
+CONTENT_WATCHER_INFO = Gauge(
+    "peerpull_content_watcher_info",
+    "The content watcher in use: 1 for the active kind (ebpf or inotify).",
+    ["kind"],
+)
+ADVERTISE_LATENCY = Histogram(
+    "peerpull_advertise_latency_seconds",
+    "Time from a blob's commit (as the content watcher saw it) to its advertisement.",
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

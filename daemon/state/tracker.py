@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from daemon.observability.metrics import ADVERTISED_IMAGES, ADVERTISED_KEYS
+from daemon.observability.metrics import (
+    ADVERTISE_LATENCY,
+    ADVERTISED_IMAGES,
+    ADVERTISED_KEYS,
+)
 from daemon.routing.router import Router
 from daemon.state.containerd import (
     BlobCommitted,
@@ -30,6 +36,9 @@ from daemon.state.containerd import (
 )
 from daemon.state.images import parse_image_name, walk_image
 from daemon.state.store import ContentStore, StoreUnavailable
+
+if TYPE_CHECKING:
+    from ebpf.watcher import ContentWatcher
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +117,20 @@ class StateTracker:
                 "images": sum(images.values()),
             },
         )
+
+    async def follow(self, watcher: ContentWatcher) -> None:
+        """Advertise and withdraw blobs as the watcher sees them; ends with it.
+
+        A commit is advertised only when unrestricted: a bare blob cannot be
+        attributed to a registry, so filtered nodes wait for the image event.
+        """
+        async for event in watcher:
+            fresh = event.digest not in self._advertised
+            await self._handle(event)
+            seen_ns = getattr(event, "seen_ns", None)
+            advertised = event.digest in self._advertised
+            if isinstance(event, BlobCommitted) and fresh and advertised and seen_ns:
+                ADVERTISE_LATENCY.observe((time.monotonic_ns() - seen_ns) / 1e9)
 
     async def _snapshot(self) -> tuple[set[str], Counter[str]]:
         keys: set[str] = set()
