@@ -46,9 +46,9 @@ unit: install
 	$(PY) -m pytest -q tests/unit
 
 lint: install
-	$(VENV)/bin/ruff check daemon tests bench
-	$(VENV)/bin/ruff format --check daemon tests bench
-	$(VENV)/bin/mypy daemon
+	$(VENV)/bin/ruff check daemon transport ebpf tests bench
+	$(VENV)/bin/ruff format --check daemon transport ebpf tests bench
+	$(VENV)/bin/mypy daemon transport ebpf
 
 bench: system-deps install
 	$(PY) -m bench.local

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.values import Address
+from ebpf.watcher import WatcherKind
 
 BootstrapKind = Literal["static", "dns", "kubernetes"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -40,6 +41,7 @@ class RegistryConfig:
     resolve_tags: bool = True
     transport_max_datagram_size: str = "auto"
     quic_engine: str = "auto"
+    content_watcher: WatcherKind = "auto"
     record_ttl_s: float = 600.0
     refresh_interval_s: float = 540.0
     log_level: LogLevel = "INFO"

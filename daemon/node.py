@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import time
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,6 +31,9 @@ from daemon.state.containerd import ContainerdClient, ContainerdError
 from daemon.state.store import ContainerdStore
 from daemon.state.tracker import StateTracker
 from daemon.values import Address
+from ebpf.errors import EbpfUnavailable
+from ebpf.pid import PidUnknown, socket_owner_pid
+from ebpf.watcher import ContentWatcher, open_watcher
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +220,27 @@ async def open_store(
     return ContainerdStore(client, files)
 
 
+async def start_content_watcher(
+    config: RegistryConfig, client: ContainerdClient
+) -> ContentWatcher:
+    """The eBPF watcher where it can run, else inotify; says which, and why, once."""
+    try:
+        pid: int | None = socket_owner_pid(client.socket_path)
+    except PidUnknown:
+        pid = None
+    try:
+        root = await client.content_root()
+    except ContainerdError:
+        root = None
+    content_root = Path(root) if root else config.containerd_content_path
+    try:
+        watcher, reason = await open_watcher(config.content_watcher, content_root, pid)
+    except EbpfUnavailable as err:
+        raise StartupFailed(f"--content-watcher=ebpf: {err}") from err
+    log.info("content watcher", extra={"kind": watcher.kind, "reason": reason})
+    return watcher
+
+
 async def until_stopped(background: list[asyncio.Task[None]]) -> None:
     """Wait for SIGTERM/SIGINT; a background task that dies ends the daemon."""
     signal_task = asyncio.create_task(wait_for_signal())
@@ -273,8 +298,11 @@ async def serve(config: RegistryConfig) -> None:
             refresh_interval_s=config.refresh_interval_s,
             unrestricted=not config.mirrored_registries and not config.registry_filters,
         )
+        watcher = await start_content_watcher(config, client)
+        stack.push_async_callback(watcher.close)
         background = [
             asyncio.create_task(tracker.run(), name="state tracker"),
+            asyncio.create_task(tracker.follow(watcher), name="content watcher"),
             asyncio.create_task(watch_router_peers(router), name="peers gauge"),
         ]
         stack.push_async_callback(cancel_all, background)
