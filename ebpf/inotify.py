@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 
 from ebpf.errors import InotifyError
-from ebpf.records import BLOB_DIR, BlobEvent, SeenCommitted, SeenDeleted, digest_of_name
+from ebpf.records import (
+    BLOB_DIR,
+    BlobEvent,
+    EventQueue,
+    SeenCommitted,
+    SeenDeleted,
+    digest_of_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,6 @@ PARENT_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYD
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _READ_BYTES = 64 * 1024
-_END = object()
 
 
 class InotifyWatcher:
@@ -60,7 +66,7 @@ class InotifyWatcher:
         self._fd = -1
         self._wd = -1
         self._watching: Path | None = None
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._events = EventQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -86,18 +92,10 @@ class InotifyWatcher:
             if self._loop is not None:
                 self._loop.remove_reader(fd)
             os.close(fd)
-            self._queue.put_nowait(_END)
+            self._events.end()
 
-    def __aiter__(self) -> InotifyWatcher:
-        return self
-
-    async def __anext__(self) -> BlobEvent:
-        item = await self._queue.get()
-        if item is _END:
-            self._queue.put_nowait(_END)  # later iterations end too
-            raise StopAsyncIteration
-        assert isinstance(item, SeenCommitted | SeenDeleted)
-        return item
+    def __aiter__(self) -> EventQueue:
+        return self._events
 
     def _arm(self, report_existing: bool) -> None:
         """Watch the blob dir if it exists, else the deepest ancestor that does."""
@@ -121,7 +119,7 @@ class InotifyWatcher:
             for name in sorted(os.listdir(target)):
                 digest = digest_of_name(name)
                 if digest is not None:
-                    self._queue.put_nowait(SeenCommitted(digest, now))
+                    self._events.put(SeenCommitted(digest, now))
 
     def _drain(self) -> None:
         """Read every pending inotify event (called by the loop when readable)."""
@@ -146,7 +144,7 @@ class InotifyWatcher:
             else:
                 event = _event(mask, name, now)
                 if event is not None:
-                    self._queue.put_nowait(event)
+                    self._events.put(event)
 
         if rearm:
             self._rearm()

@@ -19,6 +19,7 @@ never becomes an event.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 from dataclasses import dataclass
@@ -118,3 +119,30 @@ def to_event(record: ProbeRecord, content_root: PurePosixPath) -> BlobEvent | No
     if record.kind == KIND_COMMITTED:
         return SeenCommitted(digest, record.ts_ns)
     return SeenDeleted(digest, record.ts_ns)
+
+
+class EventQueue:
+    """The watchers' shared tail: events queued from any source, read with
+    `async for`; `end()` makes this and every later iteration stop."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def put(self, event: BlobEvent) -> None:
+        self._queue.put_nowait(event)
+
+    def end(self) -> None:
+        self._queue.put_nowait(self._END)
+
+    def __aiter__(self) -> EventQueue:
+        return self
+
+    async def __anext__(self) -> BlobEvent:
+        item = await self._queue.get()
+        if item is self._END:
+            self._queue.put_nowait(self._END)  # later iterations end too
+            raise StopAsyncIteration
+        assert isinstance(item, SeenCommitted | SeenDeleted)
+        return item

@@ -28,9 +28,8 @@ from ebpf.probe import BlobProbe
 from ebpf.records import (
     KIND_COMMITTED,
     BlobEvent,
+    EventQueue,
     RecordError,
-    SeenCommitted,
-    SeenDeleted,
     parse_record,
     to_event,
 )
@@ -41,7 +40,6 @@ WatcherKind = Literal["ebpf", "inotify", "auto"]
 WATCHER_KINDS: tuple[WatcherKind, ...] = ("ebpf", "inotify", "auto")
 POLL_MS = 500  # ring_buffer_poll wakes at once on data; this bounds idle wakeups
 LOST_CHECK_S = 1.0
-_END = object()
 
 
 class ContentWatcher(Protocol):
@@ -72,7 +70,7 @@ class EbpfWatcher:
     def __init__(self, content_root: Path, pid: int) -> None:
         self._root = PurePosixPath(content_root)
         self._pid = pid
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._events = EventQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: BlobProbe | None = None
         self._thread: threading.Thread | None = None
@@ -100,7 +98,7 @@ class EbpfWatcher:
         await asyncio.to_thread(thread.join)
         if self._probe is not None:
             self._probe.close()
-        self._queue.put_nowait(_END)
+        self._events.end()
 
     def thread_cpu_s(self) -> float:
         """CPU seconds the polling thread has used (0 once it has stopped)."""
@@ -117,16 +115,8 @@ class EbpfWatcher:
         """File descriptors of the loaded BPF programs (for run-time stats)."""
         return self._probe.program_fds() if self._probe is not None else []
 
-    def __aiter__(self) -> EbpfWatcher:
-        return self
-
-    async def __anext__(self) -> BlobEvent:
-        item = await self._queue.get()
-        if item is _END:
-            self._queue.put_nowait(_END)  # later iterations end too
-            raise StopAsyncIteration
-        assert isinstance(item, SeenCommitted | SeenDeleted)
-        return item
+    def __aiter__(self) -> EventQueue:
+        return self._events
 
     def _pump(self) -> None:
         """Poll the ring buffer until told to stop (the polling thread)."""
@@ -159,7 +149,7 @@ class EbpfWatcher:
             return
         kind = "committed" if record.kind == KIND_COMMITTED else "deleted"
         EBPF_EVENTS.labels(kind=kind).inc()
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        self._loop.call_soon_threadsafe(self._events.put, event)
 
 
 async def open_watcher(
