@@ -118,7 +118,7 @@ def _ip(value: str) -> str:
 def _datagram_size(value: str) -> str:
     if value == "auto":
         return value
-    size = values.parse_count(value, minimum=1200, maximum=65000)
+    size = values.parse_count(value, minimum=1200, maximum=16384)
     return str(size)
 
 

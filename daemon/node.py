@@ -23,9 +23,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from daemon.config import RegistryConfig
 from daemon.observability.metrics import ROUTER_PEERS
 from daemon.registry.local import LocalContent
+from daemon.registry.mirror import PeerMirror
 from daemon.registry.server import RegistryApi
 from daemon.routing.bootstrap import Bootstrapper, StaticBootstrapper
 from daemon.routing.dht import DhtRouter
+from daemon.routing.identity import load_or_create
 from daemon.routing.router import Router
 from daemon.state.containerd import ContainerdClient, ContainerdError
 from daemon.state.store import ContainerdStore
@@ -34,6 +36,8 @@ from daemon.values import Address
 from ebpf.errors import EbpfUnavailable
 from ebpf.pid import PidUnknown, socket_owner_pid
 from ebpf.watcher import ContentWatcher, open_watcher
+from transport.client import H3PeerClient
+from transport.server import TransportServer
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +311,45 @@ async def serve(config: RegistryConfig) -> None:
         ]
         stack.push_async_callback(cancel_all, background)
 
+        # peer transport: serve local content to peers, fetch from them
+        local = LocalContent(config, store)
+        key_pair = load_or_create(config.data_dir)
+        transport = TransportServer(
+            listen=config.transport_addr,
+            key_pair=key_pair,
+            data_dir=config.data_dir,
+            content=local,
+            engine=config.quic_engine,
+            max_datagram_size=config.transport_max_datagram_size,
+        )
+        try:
+            await transport.start()
+        except (OSError, ValueError) as err:
+            raise StartupFailed(
+                f"transport cannot start on {config.transport_addr}: {err}"
+            ) from err
+        stack.push_async_callback(transport.close)
+        peers = H3PeerClient(
+            bind_host=config.transport_addr.host or "0.0.0.0",
+            port=config.transport_addr.port,
+            key_pair=key_pair,
+            data_dir=config.data_dir,
+            engine=config.quic_engine,
+            max_datagram_size=config.transport_max_datagram_size,
+        )
+        stack.push_async_callback(peers.close)
+        mirror = PeerMirror(
+            router,
+            peers,
+            resolve_timeout_s=config.mirror_resolve_timeout_s,
+            resolve_retries=config.mirror_resolve_retries,
+            resolve_tags=config.resolve_tags,
+        )
+        log.info("transport started", extra={"port": transport.port})
+
         # listeners
         readiness = Readiness(ContainerdHealth(client), router)
-        api = RegistryApi(LocalContent(config, store), readiness.ready)
+        api = RegistryApi(local, readiness.ready, mirror)
         registry = await start_site(api.application(), config.registry_addr)
         stack.push_async_callback(registry.cleanup)
         metrics = await start_site(metrics_application(router), config.metrics_addr)

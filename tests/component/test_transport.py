@@ -493,10 +493,12 @@ def test_engine_names_and_datagram_sizes() -> None:
         with pytest.raises(ValueError, match="'qh3' is not installed"):
             engines.load_engine("qh3")
     lo_mtu = int(Path("/sys/class/net/lo/mtu").read_text())
-    assert engines.datagram_size("auto", "127.0.3.1") == min(lo_mtu - 28, 65499)
+    assert engines.datagram_size("auto", "127.0.3.1") == min(
+        lo_mtu - 28, engines.MAX_DATAGRAM
+    )
     assert engines.datagram_size(8952, "127.0.0.1") == 8952
     assert engines.datagram_size("1350", "::1") == 1350
-    for bad in (1199, 65500, "big"):
+    for bad in (1199, engines.MAX_DATAGRAM + 1, "big"):
         with pytest.raises(ValueError):
             engines.datagram_size(bad, "127.0.0.1")
 

@@ -21,13 +21,15 @@ from tests.integration.test_registry_conformance import COMPARED_HEADERS, Reply,
 from tests.support.containerd import ContainerdProcess
 from tests.support.fixtures_upstream import ImageFactory
 from tests.support.peerpull import PeerpullProcess
-from tests.support.upstream import MANIFEST_ACCEPT, UpstreamRegistry
+from tests.support.upstream import MANIFEST_ACCEPT, UpstreamRegistry, free_port
 
 pytestmark = pytest.mark.integration
 
 
 class Node:
-    def __init__(self, base: Path, index: int, peers: list[str]) -> None:
+    def __init__(
+        self, base: Path, index: int, peers: list[str], transport_port: int
+    ) -> None:
         self.containerd = ContainerdProcess(base / f"node{index}")
         self.containerd.start()
         extra = (f"--static-bootstrap-peers={','.join(peers)}",) if peers else ()
@@ -37,6 +39,7 @@ class Node:
             self.containerd.content_path,
             host=f"127.0.1.{index}",
             extra_args=extra,
+            transport_port=transport_port,
         )
         self.hosts = base / f"certs{index}"
 
@@ -64,11 +67,12 @@ class Node:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    first = Node(tmp_path, 1, [])
+    port = free_port("127.0.1.1")
+    first = Node(tmp_path, 1, [], port)
     second: Node | None = None
     try:
         first.peerpull.start()
-        second = Node(tmp_path, 2, [first.peerpull.router_multiaddr])
+        second = Node(tmp_path, 2, [first.peerpull.router_multiaddr], port)
         second.peerpull.start()
         yield first, second
     finally:

@@ -27,7 +27,7 @@ from tests.support.containerd import ContainerdProcess
 from tests.support.images import BuiltImage
 from tests.support.peerpull import PeerpullProcess
 from tests.support.throttle import ThrottledProxy
-from tests.support.upstream import UpstreamRegistry
+from tests.support.upstream import UpstreamRegistry, free_port
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,16 @@ class PullReport:
 class ClusterNode:
     """containerd + peerpull on 127.0.1.<index>."""
 
-    def __init__(self, base: Path, index: int, extra_args: tuple[str, ...]) -> None:
+    def __init__(
+        self, base: Path, index: int, extra_args: tuple[str, ...], transport_port: int
+    ) -> None:
         self.index = index
         self.host = f"127.0.1.{index}"
         self.containerd = ContainerdProcess(base / f"node{index}")
         self.hosts_dir = base / f"node{index}-certs.d"
         self._base = base
         self._extra = extra_args
+        self._transport_port = transport_port
         self.peerpull: PeerpullProcess | None = None
 
     def start(self, seeds: list[str]) -> None:
@@ -77,6 +80,7 @@ class ClusterNode:
             self.containerd.content_path,
             host=self.host,
             extra_args=(*bootstrap, *self._extra),
+            transport_port=self._transport_port,
         )
         self.peerpull.start()
 
@@ -140,7 +144,10 @@ class LocalCluster:
     ) -> None:
         self.base = base
         self.upstream = UpstreamRegistry(base / "upstream")
-        self.nodes = [ClusterNode(base, i + 1, peerpull_args) for i in range(size)]
+        port = free_port("127.0.1.1")  # one transport port for the cluster
+        self.nodes = [
+            ClusterNode(base, i + 1, peerpull_args, port) for i in range(size)
+        ]
         self._upstream_mbps = upstream_mbps
         self.proxy: ThrottledProxy | None = None
         self._stack = ExitStack()

@@ -27,13 +27,15 @@ class PeerpullProcess:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
         namespace: str = "k8s.io",
+        transport_port: int | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.host = host
         self.port = free_port(host)
         self.metrics_port = free_port(host)
         self.router_port = free_port(host)
-        self.transport_port = free_port(host)
+        # Peers reach each other on one cluster-wide transport port.
+        self.transport_port = transport_port or free_port(host)
         self.log_path = base_dir / "peerpull.log"
         self._args = [
             "registry",
