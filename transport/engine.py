@@ -169,6 +169,17 @@ def _make_shell(base: Any) -> Any:
     class Shell(base):  # type: ignore[misc]
         session: Session | None = None
 
+        async def wait_connected(self) -> None:
+            try:
+                await super().wait_connected()
+            finally:
+                # Private: the handshake future. A handshake abandoned on
+                # timeout is failed by the engine later; collect that outcome
+                # so asyncio does not log "Future exception was never retrieved".
+                waiter = getattr(self, "_connected_waiter", None)
+                if waiter is not None:
+                    waiter.add_done_callback(_collect)
+
         def quic_event_received(self, event: Any) -> None:
             if self.session is not None:
                 self.session.quic_event(event)
@@ -192,6 +203,11 @@ def _make_shell(base: Any) -> Any:
 
         Shell.datagrams_received = datagrams_received
     return Shell
+
+
+def _collect(future: Any) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def configuration(
