@@ -45,7 +45,7 @@ async def advertise_lags(
 async def measure(size: int, keys: int, base: Path) -> None:
     started = time.monotonic()
     nodes = await spawn_cluster(
-        base, size, first_ip=100, min_peers=min(size - 1, 19), join_timeout_s=180
+        base, size, first_ip=100, min_peers=min(size - 1, 10), join_timeout_s=180
     )
     joined = time.monotonic() - started
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -124,6 +125,30 @@ class ClusterNode:
             )
         return report
 
+    def kill_peerpull(self) -> None:
+        """SIGKILL this node's peerpull (no clean shutdown) and reap it."""
+        assert self.peerpull is not None and self.peerpull.pid is not None
+        os.kill(self.peerpull.pid, signal.SIGKILL)
+        self.peerpull.stop()
+
+    def restart_peerpull(self, kill: bool = False) -> None:
+        """Stop peerpull (SIGTERM, or SIGKILL) and start it again, same ports."""
+        assert self.peerpull is not None
+        if kill:
+            self.kill_peerpull()
+        else:
+            self.peerpull.stop()
+        self.peerpull.start()
+
+    def wait_resolves(self, key: str, hosts: set[str], timeout_s: float = 15) -> None:
+        """Wait until this node's router resolves `key` to exactly `hosts`."""
+        assert self.peerpull is not None
+        deadline = time.monotonic() + timeout_s
+        while (found := set(self.peerpull.resolve(key))) != hosts:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.index}: {key} -> {found}, not {hosts}")
+            time.sleep(0.1)
+
     def stop(self) -> None:
         try:
             if self.peerpull is not None:
@@ -187,6 +212,10 @@ class LocalCluster:
 
     def stop_upstream(self) -> None:
         self.upstream.stop()
+
+    def start_upstream(self) -> None:
+        """Start the upstream again on its port, with the images it held."""
+        self.upstream.start()
 
     def stop(self) -> None:
         self._stack.close()
