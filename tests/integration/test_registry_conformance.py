@@ -219,8 +219,9 @@ def test_metrics_count_hits_and_misses(scene: Scene) -> None:
     scene.both("/v2/test/oci/blobs/sha256:" + "1" * 64)
     text = scene.peerpull.metrics()
     registry = scene.upstream.host
-    for cache in ("hit", "miss"):
-        labels = f'cache="{cache}",registry="{registry}",source="local"'
+    # a hit is served locally; a miss was looked for among peers too
+    for cache, source in (("hit", "local"), ("miss", "peer")):
+        labels = f'cache="{cache}",registry="{registry}",source="{source}"'
         assert f"peerpull_mirror_requests_total{{{labels}}} 1.0" in text
     assert (
         'peerpull_http_request_duration_seconds_count{code="200",handler="blobs",method="GET"}'

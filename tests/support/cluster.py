@@ -75,15 +75,21 @@ class ClusterNode:
     def start(self, seeds: list[str]) -> None:
         self.containerd.start()
         bootstrap = (f"--static-bootstrap-peers={','.join(seeds)}",) if seeds else ()
-        self.peerpull = PeerpullProcess(
-            self._base / f"peerpull{self.index}",
-            self.containerd.socket,
-            self.containerd.content_path,
-            host=self.host,
-            extra_args=(*bootstrap, *self._extra),
-            transport_port=self._transport_port,
-        )
-        self.peerpull.start()
+        for attempt in range(3):  # a port free a moment ago may be taken since
+            self.peerpull = PeerpullProcess(
+                self._base / f"peerpull{self.index}",
+                self.containerd.socket,
+                self.containerd.content_path,
+                host=self.host,
+                extra_args=(*bootstrap, *self._extra),
+                transport_port=self._transport_port,
+            )
+            try:
+                self.peerpull.start()
+                return
+            except RuntimeError as err:
+                if attempt == 2 or "address already in use" not in str(err):
+                    raise
 
     def configure(self, registry_url: str) -> None:
         """Write this node's hosts.toml with the real `peerpull configuration`."""
