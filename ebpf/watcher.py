@@ -118,6 +118,8 @@ class EbpfWatcher:
     def __aiter__(self) -> EventQueue:
         return self._events
 
+    # TODO(probe CPU over 1% of a pull): measured 1.15% (0.24% in the kernel);
+    # the Python callback costs about 300 us per event, batch its decoding.
     def _pump(self) -> None:
         """Poll the ring buffer until told to stop (the polling thread)."""
         assert self._probe is not None

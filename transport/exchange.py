@@ -176,6 +176,9 @@ class PeerConnection:
         self.last_used = time.monotonic()
         self.closed = False
         self._engine = engine
+        # TODO(slow consumers beside fast ones on one connection): pausing the
+        # UDP socket stalls every stream of this peer; per-stream credit needs
+        # aioquic to grant stream credit as the application reads.
         self._transport: Any = transport  # pause/resume_reading: selector UDP
         self._quic = protocol._quic
         self._h3 = engine.H3Connection(self._quic)

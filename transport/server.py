@@ -160,6 +160,9 @@ class ServerSession:
         self._protocol.transmit()
 
 
+# TODO(peers outside the trust boundary): the server does not check client
+# certificates, so anyone who reaches the UDP port reads what the registry
+# port would serve them; the docs' trust boundary covers both ports.
 class TransportServer:
     """Serves the node's local content to peers over HTTP/3 on a UDP address."""
 
