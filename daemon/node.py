@@ -54,6 +54,9 @@ KEEPALIVE_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 2.0
 PEERS_GAUGE_PERIOD_S = 10.0
 DEBUG_RESOLVE_TIMEOUT_S = 2.0
+# A killed peer sends no QUIC close: a body silent this long is broken and
+# resumed from another peer.
+PEER_BODY_IDLE_TIMEOUT_S = 3.0
 DEBUG_RESOLVE_COUNT = 10
 
 
@@ -336,11 +339,15 @@ async def serve(config: RegistryConfig) -> None:
             data_dir=config.data_dir,
             engine=config.quic_engine,
             max_datagram_size=config.transport_max_datagram_size,
+            body_idle_timeout_s=PEER_BODY_IDLE_TIMEOUT_S,
         )
         stack.push_async_callback(peers.close)
+        spool = config.data_dir / "spool"  # blobs from peers, until verified
+        spool.mkdir(parents=True, exist_ok=True)
         mirror = PeerMirror(
             router,
             peers,
+            spool_dir=spool,
             resolve_timeout_s=config.mirror_resolve_timeout_s,
             resolve_retries=config.mirror_resolve_retries,
             resolve_tags=config.resolve_tags,

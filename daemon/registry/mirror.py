@@ -2,12 +2,13 @@
 
 A miss is resolved through the router (the digest, or `registry/repo:tag`
 for a tag) within the resolve timeout, and fetched over the peer transport
-from the first peer that answers. Bytes go on to containerd as they arrive
-while their digest is checked; the last chunk is held back until the check
-passes, so a corrupt or short body is never completed: the connection is
-cut instead. A body that breaks midway is resumed from another peer with a
-`Range` at the byte reached. When no peer answers in time, the local 404
-goes out at once so containerd falls back to the next host.
+from the first peer that answers. A whole blob is received into a spool
+file while its digest is checked and goes to containerd (zero-copy) only
+once it matches; a ranged request streams straight through. A body that
+breaks midway is resumed from another peer with a `Range` at the byte
+reached; a blob that fails its check is fetched again from the next peer.
+When no peer answers in time, or none sends good bytes, the local 404 goes
+out so containerd falls back to the next host.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
 from daemon.registry import media, notes
 from daemon.registry.local import Answer, PullRequest, count_request
 from daemon.registry.reference import Reference
+from daemon.registry.server import render
 from daemon.routing.router import Peer, Router
+from daemon.state.store import FileBlob
 from transport.peer import PeerClient, PeerError, PeerResponse, PeerStreamBroken
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ class PeerMirror:
         resolve_timeout_s: float,
         resolve_retries: int,
         resolve_tags: bool,
+        spool_dir: Path | None = None,
         header_timeout_s: float = PEER_HEADER_TIMEOUT_S,
         avoid_s: float = AVOID_FAILED_PEER_S,
     ) -> None:
@@ -75,6 +83,7 @@ class PeerMirror:
         self._resolve_tags = resolve_tags
         self._header_timeout_s = header_timeout_s
         self._avoid_s = avoid_s
+        self._spool_dir = spool_dir
         self._avoided: dict[str, float] = {}
 
     async def serve(
@@ -111,7 +120,7 @@ class PeerMirror:
             await response.close()
             return _headers_only(response)
         return await self._stream_blob(
-            request, pull, peers, path, headers, peer, response
+            request, pull, peers, path, headers, peer, response, miss
         )
 
     # peers
@@ -226,28 +235,91 @@ class PeerMirror:
         headers: dict[str, str],
         peer: Peer,
         response: PeerResponse,
+        miss: Answer,
     ) -> web.StreamResponse:
-        span = _span_of(response)
+        if pull.range_header is None and pull.ref.digest is not None:
+            return await self._verified_blob(
+                request, pull, peers, path, headers, peer, response, miss
+            )
         # TODO(containerd sends ranged first fetches): a part of a blob cannot be
         # checked against the blob's digest; ranged answers are checked for length
         # and Content-Range only, and containerd checks the whole on commit.
-        verify = pull.range_header is None and pull.ref.digest is not None
-        hasher = hashlib.sha256()
         out = web.StreamResponse(status=response.status, headers=_forwarded(response))
         await out.prepare(request)
-        received, held = 0, b""
+        received = await self._receive(
+            pull, peers, path, headers, peer, response, out.write
+        )
+        if received is None:
+            return _cut(request, out, pull, "no peer left to resume from")
+        await out.write_eof()
+        return out
+
+    async def _verified_blob(
+        self,
+        request: web.Request,
+        pull: PullRequest,
+        peers: list[Peer],
+        path: str,
+        headers: dict[str, str],
+        peer: Peer,
+        response: PeerResponse,
+        miss: Answer,
+    ) -> web.StreamResponse:
+        """Receive the whole blob into a spool file, check its digest, then send it.
+
+        Nothing unverified reaches containerd: it resumes a cut download with a
+        Range from wherever it can, so a corrupt prefix once sent would be
+        completed by another source and the pull would fail at commit. A blob
+        that fails its check is fetched again from the next peer, and when no
+        peer is left the answer is still a clean 404.
+        """
+        while True:
+            forwarded = _forwarded(response)
+            with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
+                hasher = hashlib.sha256()
+                done = await self._receive(
+                    pull, peers, path, headers, peer, response, _spooler(spool, hasher)
+                )
+                if done is not None:
+                    peer = done
+                    if "sha256:" + hasher.hexdigest() == pull.ref.digest:
+                        spool.flush()
+                        return await _send_spool(request, pull, forwarded, spool)
+                    self._avoid(peer, "blob bytes do not match their digest")
+            headers.pop("range", None)
+            reply = await self._first_reply(peers, "GET", path, headers, pull, None)
+            if reply is None:
+                log.warning(
+                    "no peer sent good bytes", extra={"digest": pull.ref.digest}
+                )
+                return _render(miss)
+            peer, response = reply
+
+    async def _receive(
+        self,
+        pull: PullRequest,
+        peers: list[Peer],
+        path: str,
+        headers: dict[str, str],
+        peer: Peer,
+        response: PeerResponse,
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> Peer | None:
+        """Pass a body's bytes to `write`, resuming from other peers with Range
+        when it breaks; the peer that finished it, or None when none could."""
+        span = _span_of(response)
+        received = 0
         while True:
             try:
                 async for chunk in response:
                     if received + len(chunk) > span.length:
                         raise PeerStreamBroken("peer sent more bytes than announced")
-                    if held:
-                        await out.write(held)
-                    hasher.update(chunk)
-                    held, received = chunk, received + len(chunk)
+                    await write(chunk)
+                    received += len(chunk)
                 if received != span.length:
                     raise PeerStreamBroken("peer body ended early")
-                break
+                await response.close()
+                return peer
             except PeerError as err:
                 await response.close()
                 self._avoid(peer, repr(err))
@@ -259,16 +331,8 @@ class PeerMirror:
                     peers, "GET", path, headers, pull, resume
                 )
                 if reply is None:
-                    return _cut(request, out, pull, "no peer left to resume from")
+                    return None
                 peer, response = reply
-        await response.close()
-        if verify and "sha256:" + hasher.hexdigest() != pull.ref.digest:
-            self._avoid(peer, "blob bytes do not match their digest")
-            return _cut(request, out, pull, "digest mismatch")
-        if held:
-            await out.write(held)
-        await out.write_eof()
-        return out
 
 
 def _check_headers(
@@ -343,6 +407,30 @@ def _render(answer: Answer) -> web.Response:
     headers = dict(answer.headers)
     headers.pop("Content-Length", None)
     return web.Response(status=answer.status, headers=headers, body=answer.body)
+
+
+def _spooler(spool: BinaryIO, hasher: Any) -> Callable[[bytes], Awaitable[None]]:
+    """A writer that appends to the spool file and feeds the digest."""
+
+    async def write(chunk: bytes) -> None:
+        spool.write(chunk)
+        hasher.update(chunk)
+
+    return write
+
+
+async def _send_spool(
+    request: web.Request,
+    pull: PullRequest,
+    headers: dict[str, str],
+    spool: BinaryIO,
+) -> web.StreamResponse:
+    """Send a verified spool file as the blob, zero-copy like a local blob."""
+    size = spool.seek(0, os.SEEK_END)
+    assert pull.ref.digest is not None
+    blob = FileBlob(pull.ref.digest, os.dup(spool.fileno()), size)
+    answer = Answer(200, headers, blob=blob, first=0, length=size)
+    return await render(request, answer)
 
 
 def _cut(

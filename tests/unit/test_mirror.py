@@ -144,15 +144,21 @@ async def test_blob_streams_from_a_peer_with_its_headers() -> None:
         assert sent[3]["x-peerpull-mirrored"] == "true"
 
 
-async def test_corrupt_bytes_are_never_completed_and_the_peer_is_avoided() -> None:
+async def test_corrupt_bytes_never_reach_the_client_and_the_peer_is_avoided() -> None:
     async for scene in build({"bad": "corrupt", "good": ""}):
-        # MemoryRouter answers in advertisement order: "bad" is tried first.
-        first = await fetch(scene, f"/v2/team/app/blobs/{DIGEST}")
-        assert first[2] is None  # cut before its last byte: never a complete blob
-        later = [await fetch(scene, f"/v2/team/app/blobs/{DIGEST}") for _ in range(2)]
-        assert [body for _, _, body in later] == [BLOB, BLOB]
+        # MemoryRouter answers in advertisement order: "bad" is tried first,
+        # fails the digest check in the spool, and "good" serves the blob.
+        results = [await fetch(scene, f"/v2/team/app/blobs/{DIGEST}") for _ in range(2)]
+        assert [(status, body) for status, _, body in results] == [(200, BLOB)] * 2
         tried = [request[0] for request in scene.client.requests]
         assert tried == ["bad", "good", "good"]
+
+
+async def test_only_corrupt_peers_is_a_clean_404() -> None:
+    async for scene in build({"bad": "corrupt"}):
+        status, _, body = await fetch(scene, f"/v2/team/app/blobs/{DIGEST}")
+        assert status == 404
+        assert json.loads(body or b"")["errors"][0]["code"] == "BLOB_UNKNOWN"
 
 
 async def test_a_cut_stream_resumes_from_another_peer_with_range() -> None:
@@ -167,8 +173,8 @@ async def test_a_cut_stream_resumes_from_another_peer_with_range() -> None:
 
 async def test_extra_bytes_are_a_broken_stream() -> None:
     async for scene in build({"long": "long"}):
-        _, _, body = await fetch(scene, f"/v2/team/app/blobs/{DIGEST}")
-        assert body is None  # cut, never completed with a wrong length
+        status, _, body = await fetch(scene, f"/v2/team/app/blobs/{DIGEST}")
+        assert status == 404  # the only peer broke: nothing unverified goes out
 
 
 async def test_no_peer_is_a_fast_404() -> None:

@@ -1,0 +1,1 @@
+"""End-to-end tests: a local cluster of real containerd and peerpull nodes."""
