@@ -23,7 +23,7 @@ from bench.procstat import cpu_seconds, rss_bytes
 from tests.support.containerd import ContainerdProcess
 from tests.support.images import build_image
 from tests.support.peerpull import PeerpullProcess
-from tests.support.upstream import UpstreamRegistry
+from tests.support.upstream import UpstreamRegistry, free_port
 
 
 class RssPeak:
@@ -39,7 +39,10 @@ class RssPeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            try:
+                self.peak = max(self.peak, rss_bytes(self.pid))
+            except FileNotFoundError:
+                return  # the process ended
 
     def growth_mib(self) -> float:
         self._stop.set()
@@ -105,12 +108,14 @@ def run(base: Path, sizes_mib: list[int], datagrams: list[str], engine: str) -> 
                 f"--transport-max-datagram-size={datagram}",
                 f"--quic-engine={engine}",
             )
+            port = free_port("127.0.1.1")  # peers share one transport port
             peer_a = PeerpullProcess(
                 base / f"pa-{datagram}",
                 node_a.socket,
                 node_a.content_path,
                 host="127.0.1.1",
                 extra_args=extra,
+                transport_port=port,
             )
             peer_a.start()
             peer_b = PeerpullProcess(
