@@ -116,7 +116,7 @@ class PeerpullProcess:
     def metrics(self) -> str:
         url = f"http://{self.host}:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.read().decode()
+            return str(reply.read().decode())
 
     @property
     def router_multiaddr(self) -> str:
