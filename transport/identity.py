@@ -19,7 +19,6 @@ proves the server holds the certificate's key.
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -31,6 +30,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.peer.id import ID
 
+from daemon.routing.identity import write_private
 from transport.peer import PeerIdentityMismatch
 
 # 2.25 is the UUID arc (ITU-T X.667): anyone may mint an OID from a UUID
@@ -52,7 +52,7 @@ def tls_credentials(key_pair: KeyPair, data_dir: Path) -> tuple[Path, Path]:
     key_path, cert_path = data_dir / KEY_FILE, data_dir / CERT_FILE
     tls_key = _load_or_create_key(key_path)
     if not _cert_current(cert_path, key_pair, tls_key):
-        _write_private(cert_path, _issue(key_pair, tls_key))
+        write_private(cert_path, _issue(key_pair, tls_key))
     return cert_path, key_path
 
 
@@ -132,7 +132,7 @@ def _load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
             path.chmod(0o600)
         return key
     fresh = ec.generate_private_key(ec.SECP256R1())
-    _write_private(
+    write_private(
         path,
         fresh.private_bytes(
             serialization.Encoding.PEM,
@@ -141,18 +141,6 @@ def _load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
         ),
     )
     return fresh
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write atomically with mode 0600."""
-    temp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
 
 
 # a minimal DER codec for SEQUENCE { OCTET STRING, OCTET STRING }

@@ -28,7 +28,7 @@ def load_or_create(data_dir: Path) -> KeyPair:
         return _read(path)
     data_dir.mkdir(parents=True, exist_ok=True)
     key_pair = create_new_key_pair()
-    _write(path, key_pair.private_key.serialize())
+    write_private(path, key_pair.private_key.serialize())
     return key_pair
 
 
@@ -44,8 +44,9 @@ def _read(path: Path) -> KeyPair:
     return KeyPair(private_key, private_key.get_public_key())
 
 
-def _write(path: Path, data: bytes) -> None:
-    temp = path.with_suffix(".tmp")
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, mode 0600 (keys and certificates)."""
+    temp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
