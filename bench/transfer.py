@@ -127,6 +127,7 @@ def run(base: Path, sizes_mib: list[int], datagrams: list[str], engine: str) -> 
                     *extra,
                     f"--static-bootstrap-peers={peer_a.router_multiaddr}",
                 ),
+                transport_port=port,
             )
             peer_b.start()
             try:
