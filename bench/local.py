@@ -28,11 +28,17 @@ from tests.support.upstream import UpstreamRegistry
 READ_BYTES = 1 << 20
 
 
-def read_blob(host: str, port: int, path: str) -> tuple[int, float]:
-    """GET `path` and discard the body; returns bytes read and seconds taken."""
+def read_blob(
+    host: str, port: int, path: str, timeout_s: float = 600
+) -> tuple[int, float]:
+    """GET `path` and discard the body; returns bytes read and seconds taken.
+
+    The timeout is long: through the mirror path, headers come only once the
+    whole blob has arrived from the peer and passed its digest check.
+    """
     buffer = bytearray(READ_BYTES)
     view = memoryview(buffer)
-    connection = http.client.HTTPConnection(host, port, timeout=60)
+    connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
     started = time.perf_counter()
     connection.request("GET", path)
     response = connection.getresponse()
