@@ -138,9 +138,7 @@ class DhtRouter:
         started = time.perf_counter()
         local, complete = await self._bridge.call(node.local_providers, key, count)
         if local or complete:
-            RESOLVE_DURATION.labels(router="libp2p").observe(
-                time.perf_counter() - started
-            )
+            _RESOLVED.observe(time.perf_counter() - started)
         for peer_id, host in local:
             yield Peer(peer_id, host)
         if complete or len(local) >= count:
@@ -150,9 +148,7 @@ class DhtRouter:
             node.network_providers, key, count - len(local), skip
         )
         if not local:
-            RESOLVE_DURATION.labels(router="libp2p").observe(
-                time.perf_counter() - started
-            )
+            _RESOLVED.observe(time.perf_counter() - started)
         for peer_id, host in found:
             yield Peer(peer_id, host)
 

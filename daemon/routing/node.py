@@ -244,6 +244,7 @@ class DhtNode:
 
     async def _closest(self, key: bytes) -> list[ID]:
         table = self._dht.routing_table
+        found: list[ID] = []  # stays empty if the walk times out
         if table.size() < BUCKET_SIZE:
             found = table.get_peer_ids()
         else:

@@ -35,8 +35,13 @@ def apply(record_ttl_s: float, query_timeout_s: float) -> None:
     peer_routing.QUERY_TIMEOUT = query_timeout_s  # type: ignore[attr-defined,assignment]
 
 
-def quiet_logs(level: int = logging.ERROR) -> None:
-    """Route py-libp2p's records into our handlers, at `level` (noisy below ERROR)."""
+def quiet_logs(level: int = logging.CRITICAL) -> None:
+    """Route py-libp2p's records into our handlers, at `level`.
+
+    py-libp2p logs routine connection churn (a peer restarting, a probe to
+    learn a peer id, a closed stream) as ERROR, many lines a second at 30
+    nodes; our own modules log what matters about peers.
+    """
     for name in list(logging.Logger.manager.loggerDict):
         child = logging.getLogger(name)
         if name.startswith(LIBP2P_LOGGER + "."):
