@@ -231,6 +231,12 @@ REGISTRY_FLAGS = (
     Flag(
         "quic-engine", "auto", _choice("auto", "aioquic", "qh3"), "auto, aioquic or qh3"
     ),
+    Flag(
+        "content-watcher",
+        "auto",
+        _choice("auto", "ebpf", "inotify"),
+        "how new blobs are seen: ebpf, inotify, or auto (ebpf, else inotify)",
+    ),
     Flag("record-ttl", "10m", values.parse_duration, "life of a DHT record", unit="_s"),
     Flag(
         "refresh-interval",
@@ -318,7 +324,8 @@ def resolve_flags(
         try:
             resolved[flag.field] = flag.parse(text)
         except ValueError as err:
-            raise UsageError(f"{source}: {err}") from err
+            reason = str(err).removeprefix(f"--{flag.name}: ")
+            raise UsageError(f"{source}: {reason}") from err
     return resolved
 
 
@@ -326,6 +333,14 @@ def check_registry_options(options: Mapping[str, Any]) -> None:
     """Checks across flags of `peerpull registry`."""
     if options["bootstrap_kind"] == "dns" and not options["dns_bootstrap_domain"]:
         raise UsageError("--dns-bootstrap-domain is required with --bootstrap-kind=dns")
+    tcp = [
+        (name, options[name.replace("-", "_")])
+        for name in ("registry-addr", "metrics-addr", "router-addr")
+    ]
+    for index, (name, address) in enumerate(tcp):
+        for other, other_address in tcp[index + 1 :]:
+            if address.port and address == other_address:
+                raise UsageError(f"--{name} and --{other} are both {address}")
     if options["refresh_interval_s"] >= options["record_ttl_s"]:
         raise UsageError("--refresh-interval must be shorter than --record-ttl")
 

@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from daemon.registry.mirror import PeerMirror
 from daemon.registry.server import RegistryApi
 from daemon.routing.bootstrap import Bootstrapper, StaticBootstrapper
 from daemon.routing.dht import DhtRouter
-from daemon.routing.identity import load_or_create
+from daemon.routing.identity import IdentityError, load_or_create
 from daemon.routing.router import Router
 from daemon.state.containerd import ContainerdClient, ContainerdError
 from daemon.state.store import ContainerdStore
@@ -121,7 +122,9 @@ def metrics_application(router: Router) -> web.Application:
     return app
 
 
-async def start_site(app: web.Application, address: Address) -> web.AppRunner:
+async def start_site(
+    app: web.Application, address: Address, flag: str
+) -> web.AppRunner:
     """Listen for `app` on `address`; an empty host means every interface."""
     runner = web.AppRunner(
         app,
@@ -136,7 +139,8 @@ async def start_site(app: web.Application, address: Address) -> web.AppRunner:
         await site.start()
     except OSError as err:
         await runner.cleanup()
-        raise StartupFailed(f"cannot listen on {address}: {err.strerror}") from err
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise StartupFailed(f"{flag}: cannot listen on {address}: {reason}") from err
     return runner
 
 
@@ -266,9 +270,24 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """The data dir and its spool must be writable directories, or say so now."""
+    spool = data_dir / "spool"
+    try:
+        spool.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=spool):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise StartupFailed(
+            f"--data-dir {data_dir}: {reason} ({err.filename})"
+        ) from err
+
+
 async def serve(config: RegistryConfig) -> None:
     """Run the registry daemon until a signal arrives."""
     raise_open_file_limit()
+    check_data_dir(config.data_dir)
     async with contextlib.AsyncExitStack() as stack:
         # containerd and its content
         client = await connect_containerd(config)
@@ -284,6 +303,8 @@ async def serve(config: RegistryConfig) -> None:
         )
         try:
             await router.start()
+        except IdentityError as err:
+            raise StartupFailed(f"--data-dir: {err}") from err
         except OSError as err:
             raise StartupFailed(
                 f"router cannot start on {config.router_addr}: {err}"
@@ -343,7 +364,6 @@ async def serve(config: RegistryConfig) -> None:
         )
         stack.push_async_callback(peers.close)
         spool = config.data_dir / "spool"  # blobs from peers, until verified
-        spool.mkdir(parents=True, exist_ok=True)
         mirror = PeerMirror(
             router,
             peers,
@@ -357,9 +377,13 @@ async def serve(config: RegistryConfig) -> None:
         # listeners
         readiness = Readiness(ContainerdHealth(client), router)
         api = RegistryApi(local, readiness.ready, mirror)
-        registry = await start_site(api.application(), config.registry_addr)
+        registry = await start_site(
+            api.application(), config.registry_addr, "--registry-addr"
+        )
         stack.push_async_callback(registry.cleanup)
-        metrics = await start_site(metrics_application(router), config.metrics_addr)
+        metrics = await start_site(
+            metrics_application(router), config.metrics_addr, "--metrics-addr"
+        )
         stack.push_async_callback(metrics.cleanup)
         log.info(
             "serving",

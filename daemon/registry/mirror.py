@@ -275,7 +275,14 @@ class PeerMirror:
         """
         while True:
             forwarded = _forwarded(response)
-            with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
+            try:
+                # closed by the `with` below; opened here to catch its failure
+                spool_file = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115
+            except OSError as err:
+                await response.close()
+                log.warning("spool unavailable", extra={"error": str(err)})
+                return _render(miss)
+            with spool_file as spool:
                 hasher = hashlib.sha256()
                 done = await self._receive(
                     pull, peers, path, headers, peer, response, _spooler(spool, hasher)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
@@ -35,8 +36,9 @@ def load_or_create(data_dir: Path) -> KeyPair:
 def _read(path: Path) -> KeyPair:
     try:
         private_key = deserialize_private_key(path.read_bytes())
-    except (OSError, ValueError) as err:
-        raise IdentityError(f"cannot read router identity {path}") from err
+    except (OSError, ValueError, DecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not a libp2p private key"
+        raise IdentityError(f"cannot read router identity {path}: {reason}") from err
     if private_key.get_type() != KeyType.Ed25519:
         raise IdentityError(f"{path} is not an Ed25519 key")
     if path.stat().st_mode & 0o077:

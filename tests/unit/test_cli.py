@@ -83,6 +83,7 @@ def test_lists_and_registries_are_normalised() -> None:
         (["--registry-filters", "a(b"], "--registry-filters"),
         (["--resolve-tags=maybe"], "--resolve-tags"),
         (["--log-level", "LOUD"], "--log-level"),
+        (["--content-watcher", "kprobe"], "--content-watcher"),
         (["--containerd-namespace", "bad ns"], "--containerd-namespace"),
         (["--mirrored-registries", "ftp://x/y"], "--mirrored-registries"),
     ],
@@ -157,8 +158,23 @@ def test_version() -> None:
     [
         (["--bootstrap-kind", "dns"], "--dns-bootstrap-domain"),
         (["--refresh-interval", "11m"], "--refresh-interval"),
+        (["--router-addr", ":5000"], "--registry-addr and --router-addr"),
     ],
 )
 def test_flags_that_depend_on_each_other(argv: list[str], flag: str) -> None:
     with pytest.raises(cli.UsageError, match=f"^{flag}"):
         cli.check_registry_options(parse(["registry", *argv], {}))
+
+
+def test_a_data_dir_that_is_a_file_is_one_clear_line(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = run_cli("registry", f"--data-dir={not_a_dir}")
+    assert result.returncode == 1
+    lines = [
+        line for line in result.stderr.splitlines() if line.startswith("peerpull:")
+    ]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"peerpull: error: --data-dir {not_a_dir}"
+    )
+    assert "Traceback" not in result.stderr
