@@ -55,7 +55,6 @@ class ContentWatcher(Protocol):
 
     def __aiter__(self) -> AsyncIterator[BlobEvent]:
         """Iterate the events until `close()`."""
-        ...
 
 
 class EbpfWatcher:

@@ -9,8 +9,6 @@ layer, HEAD and range equal what the upstream answered before it stopped.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_registry_conformance import COMPARED_HEADERS, Reply, fetch
-from tests.support.containerd import ContainerdProcess
+from tests.support.cluster import ClusterNode
 from tests.support.fixtures_upstream import ImageFactory
 from tests.support.peerpull import PeerpullProcess
 from tests.support.upstream import MANIFEST_ACCEPT, UpstreamRegistry, free_port
@@ -26,59 +24,33 @@ from tests.support.upstream import MANIFEST_ACCEPT, UpstreamRegistry, free_port
 pytestmark = pytest.mark.integration
 
 
-class Node:
-    def __init__(
-        self, base: Path, index: int, peers: list[str], transport_port: int
-    ) -> None:
-        self.containerd = ContainerdProcess(base / f"node{index}")
-        self.containerd.start()
-        extra = (f"--static-bootstrap-peers={','.join(peers)}",) if peers else ()
-        self.peerpull = PeerpullProcess(
-            base / f"pp{index}",
-            self.containerd.socket,
-            self.containerd.content_path,
-            host=f"127.0.1.{index}",
-            extra_args=extra,
-            transport_port=transport_port,
-        )
-        self.hosts = base / f"certs{index}"
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[PeerNode, PeerNode]]:
+    port = free_port("127.0.1.1")
+    first = ClusterNode(tmp_path, 1, (), port)
+    second = ClusterNode(tmp_path, 2, (), port)
+    try:
+        first.start([])
+        assert first.peerpull is not None
+        second.start([first.peerpull.router_multiaddr])
+        assert second.peerpull is not None
+        yield PeerNode(first, first.peerpull), PeerNode(second, second.peerpull)
+    finally:
+        second.stop()
+        first.stop()
+
+
+class PeerNode:
+    """A started ClusterNode and its (started) daemon."""
+
+    def __init__(self, node: ClusterNode, peerpull: PeerpullProcess) -> None:
+        self.node = node
+        self.containerd = node.containerd
+        self.peerpull = peerpull
+        self.hosts = node.hosts_dir
 
     def configure(self, registry_url: str) -> None:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "daemon",
-                "configuration",
-                f"--containerd-registry-config-path={self.hosts}",
-                f"--mirror-targets={self.peerpull.url}",
-                f"--mirrored-registries={registry_url}",
-            ],
-            check=True,
-            capture_output=True,
-        )
-
-    def stop(self) -> None:
-        try:
-            self.peerpull.stop()
-        finally:
-            self.containerd.stop()
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    port = free_port("127.0.1.1")
-    first = Node(tmp_path, 1, [], port)
-    second: Node | None = None
-    try:
-        first.peerpull.start()
-        second = Node(tmp_path, 2, [first.peerpull.router_multiaddr], port)
-        second.peerpull.start()
-        yield first, second
-    finally:
-        for node in (second, first):
-            if node is not None:
-                node.stop()
+        self.node.configure(registry_url)
 
 
 def requests_for(
@@ -98,7 +70,9 @@ def requests_for(
 
 
 def test_node2_pulls_from_node1_over_http3_with_upstream_down(
-    pair: tuple[Node, Node], upstream: UpstreamRegistry, image_factory: ImageFactory
+    pair: tuple[PeerNode, PeerNode],
+    upstream: UpstreamRegistry,
+    image_factory: ImageFactory,
 ) -> None:
     node1, node2 = pair
     image = image_factory((600_000, 90_000, 3), seed=61)

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containerd import ContainerdProcess
+from tests.support.cluster import ClusterNode
 from tests.support.fixtures_upstream import ImageFactory
-from tests.support.peerpull import PeerpullProcess
-from tests.support.upstream import UpstreamRegistry
+from tests.support.upstream import UpstreamRegistry, free_port
 
 pytestmark = pytest.mark.integration
 
 
-def resolves_to(node: Node, key: str, hosts: list[str]) -> Callable[[], bool]:
+def resolves_to(node: ClusterNode, key: str, hosts: list[str]) -> Callable[[], bool]:
     return lambda: node.peerpull.resolve(key) == hosts
 
 
@@ -34,44 +33,35 @@ def eventually(
         time.sleep(0.1)
 
 
-class Node:
-    def __init__(self, base: Path, index: int, peers: list[str]) -> None:
-        self.containerd = ContainerdProcess(base / f"node{index}")
-        self.containerd.start()
-        extra = (f"--static-bootstrap-peers={','.join(peers)}",) if peers else ()
-        self.peerpull = PeerpullProcess(
-            base / f"pp{index}",
-            self.containerd.socket,
-            self.containerd.content_path,
-            host=f"127.0.1.{index}",
-            extra_args=extra,
-        )
-
-    def stop(self) -> None:
+def stop_all(nodes: list[ClusterNode]) -> None:
+    """Stop each node, checking its daemon exited cleanly."""
+    for node in nodes:
         try:
-            assert self.peerpull.stop() in (0, None), self.peerpull.log_text()[-3000:]
+            assert node.peerpull is not None
+            code = node.peerpull.stop()
+            assert code in (0, None), node.peerpull.log_text()[-3000:]
         finally:
-            self.containerd.stop()
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[Node]]:
-    first = Node(tmp_path, 1, [])
-    started = [first]
-    try:
-        first.peerpull.start()
-        for index in (2, 3):
-            node = Node(tmp_path, index, [first.peerpull.router_multiaddr])
-            started.append(node)
-            node.peerpull.start()
-        yield started
-    finally:
-        for node in started:
             node.stop()
 
 
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[ClusterNode]]:
+    port = free_port("127.0.1.1")
+    started: list[ClusterNode] = []
+    try:
+        for index in (1, 2, 3):
+            node = ClusterNode(tmp_path, index, (), port)
+            started.append(node)
+            first = started[0].peerpull
+            seeds = [first.router_multiaddr] if first is not None else []
+            node.start(seeds)
+        yield started
+    finally:
+        stop_all(started)
+
+
 def test_pulled_content_resolves_on_other_nodes_and_goes_when_deleted(
-    nodes: list[Node], upstream: UpstreamRegistry, image_factory: ImageFactory
+    nodes: list[ClusterNode], upstream: UpstreamRegistry, image_factory: ImageFactory
 ) -> None:
     image = image_factory((20_000, 30_000), seed=51)
     ref = upstream.push(image, "t/cluster", "v1")
@@ -91,17 +81,18 @@ def test_pulled_content_resolves_on_other_nodes_and_goes_when_deleted(
 
 
 def test_not_ready_until_joined(tmp_path: Path) -> None:
-    lonely = Node(tmp_path, 7, ["/ip4/127.0.1.8/tcp/1"])  # nobody listens there
+    lonely = ClusterNode(tmp_path, 7, (), free_port("127.0.1.7"))
     try:
-        lonely.peerpull.start(wait_ready=False)
+        lonely.start(["/ip4/127.0.1.8/tcp/1"], wait_ready=False)  # nobody listens
+        assert lonely.peerpull is not None
         time.sleep(1.5)
         assert not lonely.peerpull.ready()
         assert lonely.peerpull.running
     finally:
-        lonely.stop()
+        stop_all([lonely])
 
 
-def test_restarted_node_rejoins_with_its_peer_id(nodes: list[Node]) -> None:
+def test_restarted_node_rejoins_with_its_peer_id(nodes: list[ClusterNode]) -> None:
     node = nodes[2]
     before = node.peerpull.log_text()
     assert node.peerpull.stop() == 0

@@ -72,7 +72,8 @@ class ClusterNode:
         self._transport_port = transport_port
         self.peerpull: PeerpullProcess | None = None
 
-    def start(self, seeds: list[str]) -> None:
+    def start(self, seeds: list[str], wait_ready: bool = True) -> None:
+        """Start containerd and peerpull, bootstrapping from `seeds`."""
         self.containerd.start()
         bootstrap = (f"--static-bootstrap-peers={','.join(seeds)}",) if seeds else ()
         for attempt in range(3):  # a port free a moment ago may be taken since
@@ -85,7 +86,7 @@ class ClusterNode:
                 transport_port=self._transport_port,
             )
             try:
-                self.peerpull.start()
+                self.peerpull.start(wait_ready=wait_ready)
                 return
             except RuntimeError as err:
                 if attempt == 2 or "address already in use" not in str(err):
