@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,7 +28,6 @@ from aiohttp import web
 
 from daemon.registry import media, notes
 from daemon.registry.local import Answer, PullRequest, count_request
-from daemon.registry.reference import Reference
 from daemon.registry.server import render
 from daemon.routing.router import Peer, Router
 from daemon.state.store import FileBlob
@@ -50,6 +49,17 @@ FORWARDED_HEADERS = (
     "x-content-type-options",
 )
 MANIFEST_ACCEPT = ", ".join(sorted(media.MANIFEST_TYPES))
+
+
+@dataclass
+class Fetch:
+    """One request on its way to peers: what, where, with which headers, and
+    the peers still to try (each is tried at most once)."""
+
+    pull: PullRequest
+    path: str
+    headers: dict[str, str]
+    peers: list[Peer]
 
 
 @dataclass(frozen=True)
@@ -93,15 +103,15 @@ class PeerMirror:
         key = ref.digest or (
             ref.tag_key if self._resolve_tags and ref.registry else None
         )
-        peers = await self._candidates(key) if key else []
-        headers = self._request_headers(request, pull)
-        path = request.rel_url.raw_path + (
-            f"?ns={ref.registry}" if ref.registry else ""
+        fetch = Fetch(
+            pull,
+            request.rel_url.raw_path + (f"?ns={ref.registry}" if ref.registry else ""),
+            self._request_headers(request, pull),
+            await self._candidates(key) if key else [],
         )
-        method = "HEAD" if pull.head else "GET"
 
         if pull.kind == "manifests" and not pull.head:
-            found = await self._fetch_manifest(peers, path, headers, ref.digest)
+            found = await self._fetch_manifest(fetch)
             count_request(ref, found is not None, "peer")
             request[notes.SOURCE] = "peer" if found is not None else "none"
             if found is None:
@@ -109,7 +119,7 @@ class PeerMirror:
             status, forwarded, body = found
             return web.Response(status=status, headers=forwarded, body=body)
 
-        reply = await self._first_reply(peers, method, path, headers, pull, None)
+        reply = await self._first_reply(fetch, "HEAD" if pull.head else "GET")
         count_request(ref, reply is not None, "peer")
         request[notes.SOURCE] = "peer" if reply is not None else "none"
         if reply is None:
@@ -119,9 +129,7 @@ class PeerMirror:
         if pull.head:
             await response.close()
             return _headers_only(response)
-        return await self._stream_blob(
-            request, pull, peers, path, headers, peer, response, miss
-        )
+        return await self._stream_blob(request, fetch, peer, response, miss)
 
     # peers
 
@@ -158,30 +166,24 @@ class PeerMirror:
         return headers
 
     async def _first_reply(
-        self,
-        peers: list[Peer],
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        pull: PullRequest,
-        resume: Span | None,
+        self, fetch: Fetch, method: str = "GET", resume: Span | None = None
     ) -> tuple[Peer, PeerResponse] | None:
         """The first peer whose answer has acceptable headers, trying in order."""
-        while peers:
-            peer = peers.pop(0)
+        while fetch.peers:
+            peer = fetch.peers.pop(0)
             try:
                 response = await self._client.fetch(
                     peer.peer_id,
                     peer.host,
                     method,
-                    path,
-                    headers,
+                    fetch.path,
+                    fetch.headers,
                     self._header_timeout_s,
                 )
             except PeerError as err:
                 self._avoid(peer, repr(err))
                 continue
-            problem = _check_headers(response, pull, resume)
+            problem = _check_headers(response, fetch.pull, resume)
             if problem is None:
                 return peer, response
             await response.close()
@@ -194,18 +196,12 @@ class PeerMirror:
     # manifests
 
     async def _fetch_manifest(
-        self,
-        peers: list[Peer],
-        path: str,
-        headers: Mapping[str, str],
-        digest: str | None,
+        self, fetch: Fetch
     ) -> tuple[int, dict[str, str], bytes] | None:
         """A manifest from the first peer whose bytes match its digest."""
-        wanted = PullRequest(
-            "manifests", Reference(None, "", digest=digest), False, None
-        )
-        while peers:
-            reply = await self._first_reply(peers, "GET", path, headers, wanted, None)
+        digest = fetch.pull.ref.digest
+        while fetch.peers:
+            reply = await self._first_reply(fetch)
             if reply is None:
                 return None
             peer, response = reply
@@ -229,26 +225,20 @@ class PeerMirror:
     async def _stream_blob(
         self,
         request: web.Request,
-        pull: PullRequest,
-        peers: list[Peer],
-        path: str,
-        headers: dict[str, str],
+        fetch: Fetch,
         peer: Peer,
         response: PeerResponse,
         miss: Answer,
     ) -> web.StreamResponse:
+        pull = fetch.pull
         if pull.range_header is None and pull.ref.digest is not None:
-            return await self._verified_blob(
-                request, pull, peers, path, headers, peer, response, miss
-            )
+            return await self._verified_blob(request, fetch, peer, response, miss)
         # TODO(containerd sends ranged first fetches): a part of a blob cannot be
         # checked against the blob's digest; ranged answers are checked for length
         # and Content-Range only, and containerd checks the whole on commit.
         out = web.StreamResponse(status=response.status, headers=_forwarded(response))
         await out.prepare(request)
-        received = await self._receive(
-            pull, peers, path, headers, peer, response, out.write
-        )
+        received = await self._receive(fetch, peer, response, out.write)
         if received is None:
             return _cut(request, out, pull, "no peer left to resume from")
         await out.write_eof()
@@ -257,10 +247,7 @@ class PeerMirror:
     async def _verified_blob(
         self,
         request: web.Request,
-        pull: PullRequest,
-        peers: list[Peer],
-        path: str,
-        headers: dict[str, str],
+        fetch: Fetch,
         peer: Peer,
         response: PeerResponse,
         miss: Answer,
@@ -273,6 +260,7 @@ class PeerMirror:
         that fails its check is fetched again from the next peer, and when no
         peer is left the answer is still a clean 404.
         """
+        pull = fetch.pull
         while True:
             forwarded = _forwarded(response)
             try:
@@ -284,17 +272,16 @@ class PeerMirror:
                 return _render(miss)
             with spool_file as spool:
                 hasher = hashlib.sha256()
-                done = await self._receive(
-                    pull, peers, path, headers, peer, response, _spooler(spool, hasher)
-                )
+                write = _spooler(spool, hasher)
+                done = await self._receive(fetch, peer, response, write)
                 if done is not None:
                     peer = done
                     if "sha256:" + hasher.hexdigest() == pull.ref.digest:
                         spool.flush()
                         return await _send_spool(request, pull, forwarded, spool)
                     self._avoid(peer, "blob bytes do not match their digest")
-            headers.pop("range", None)
-            reply = await self._first_reply(peers, "GET", path, headers, pull, None)
+            fetch.headers.pop("range", None)
+            reply = await self._first_reply(fetch)
             if reply is None:
                 log.warning(
                     "no peer sent good bytes", extra={"digest": pull.ref.digest}
@@ -304,10 +291,7 @@ class PeerMirror:
 
     async def _receive(
         self,
-        pull: PullRequest,
-        peers: list[Peer],
-        path: str,
-        headers: dict[str, str],
+        fetch: Fetch,
         peer: Peer,
         response: PeerResponse,
         write: Callable[[bytes], Awaitable[None]],
@@ -331,12 +315,9 @@ class PeerMirror:
                 await response.close()
                 self._avoid(peer, repr(err))
                 resume = Span(span.first + received, span.length - received, span.size)
-                headers["range"] = (
-                    f"bytes={resume.first}-{span.first + span.length - 1}"
-                )
-                reply = await self._first_reply(
-                    peers, "GET", path, headers, pull, resume
-                )
+                last = span.first + span.length - 1
+                fetch.headers["range"] = f"bytes={resume.first}-{last}"
+                reply = await self._first_reply(fetch, resume=resume)
                 if reply is None:
                     return None
                 peer, response = reply
